@@ -1,0 +1,157 @@
+"""Hydra config composition and validation: bad input fails here, naming the key and what is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from aci_jax.world.maze import MazeError, maze_from_config
+from aci_jax.world.textures import validate_texture_name
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+AGENT_KINDS = ("point", "object")
+
+
+class ConfigError(ValueError):
+    """A config value that aci_jax cannot run with."""
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def load_config(exp: str = "detection", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `configs/config.yaml` with `exp=<exp>` and Hydra overrides, then validate it."""
+    if exp not in available("exp"):
+        raise ConfigError(f"unknown exp '{exp}'; valid: {available('exp')}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose("config", overrides=[f"exp={exp}", *overrides])
+    except HydraException as e:
+        raise ConfigError(f"bad override in {list(overrides)}: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def env_config(cfg: DictConfig, eval: bool = False) -> DictConfig:
+    """The env section, or its evaluation variant: `eval_env`'s keys replace env's keys wholesale."""
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    if eval and cfg.get("eval_env") is not None:
+        env.update(OmegaConf.to_container(cfg.eval_env, resolve=True))
+    return OmegaConf.create(env)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value the world, eyes and tasks depend on; raise ConfigError on the first bad one."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation pointing nowhere
+        raise ConfigError(f"config does not resolve: {e}") from None
+    for variant in (False, True):
+        env = env_config(cfg, eval=variant)
+        where = "eval_env" if variant and "eval_env" in cfg else "env"
+        _validate_env(env, where)
+
+
+def _validate_env(env: DictConfig, where: str) -> None:
+    _positive(env, where, "physics_dt", float)
+    for key in ("frame_skip", "max_episode_steps", "frame_stack", "n_envs"):
+        _positive(env, where, key, int)
+    if env.maze_selection not in ("cycle", "random"):
+        raise ConfigError(f"{where}.maze_selection={env.maze_selection!r}; valid: 'cycle', 'random'")
+    _positive(env.render, f"{where}.render", "supersample", int)
+    if not env.mazes:
+        raise ConfigError(f"{where}.mazes is empty; add one, e.g. 'exp=detection' or a maze config")
+    if not env.agents:
+        raise ConfigError(f"{where}.agents is empty; add a point agent")
+    agents = dict(env.agents)
+    trainable = [n for n, a in agents.items() if a.get("kind") == "point" and a.get("trainable", True)]
+    for name, a in agents.items():
+        if a.get("kind") not in AGENT_KINDS:
+            raise ConfigError(f"{where}.agents.{name}.kind={a.get('kind')!r}; valid: {AGENT_KINDS}")
+        if not a.get("radius", 0) > 0:
+            raise ConfigError(f"{where}.agents.{name}.radius={a.get('radius')!r} must be > 0")
+        if a.get("texture"):
+            try:
+                validate_texture_name(a.texture)
+            except ValueError as e:
+                raise ConfigError(f"{where}.agents.{name}.texture: {e}") from None
+    if len(trainable) != 1:
+        raise ConfigError(f"{where}.agents: need exactly one trainable point agent, got {trainable}")
+    _validate_eyes(agents[trainable[0]].get("eyes"), env.render, f"{where}.agents.{trainable[0]}.eyes")
+    for name, m in env.mazes.items():
+        _validate_maze(name, m, agents, f"{where}.mazes.{name}")
+    from aci_jax.envs.tasks import validate_task  # late: tasks import jax
+
+    validate_task(env.task, agents, f"{where}.task")
+
+
+def _validate_eyes(eyes, render, key: str) -> None:
+    if eyes is None:
+        raise ConfigError(f"{key} is missing; e.g. '/eyes@env.agents.agent.eyes: detection'")
+    for field in ("num_eyes", "resolution", "fov", "lat_range", "lon_range"):
+        v = eyes.get(field)
+        if v is None or len(v) != 2:
+            raise ConfigError(f"{key}.{field}={v!r} must be a pair of numbers")
+    for i, v in enumerate(eyes.num_eyes):
+        if int(v) != v or v < 1:
+            raise ConfigError(f"{key}.num_eyes={list(eyes.num_eyes)}: counts must be integers >= 1")
+    for v in eyes.resolution:
+        if int(v) != v or v < 1:
+            raise ConfigError(f"{key}.resolution={list(eyes.resolution)}: must be integers >= 1")
+    for v in eyes.fov:
+        if not 0 < v < 180:
+            raise ConfigError(f"{key}.fov={list(eyes.fov)}: each must be in (0, 180) degrees")
+    for field, lim in (("lat_range", 90), ("lon_range", 180)):
+        lo, hi = eyes[field]
+        if not -lim <= lo <= hi <= lim:
+            raise ConfigError(f"{key}.{field}={[lo, hi]}: need -{lim} <= low <= high <= {lim} degrees")
+    n = eyes.num_eyes[0] * eyes.num_eyes[1]
+    if render.max_eyes is not None and n > render.max_eyes:
+        raise ConfigError(f"{key}.num_eyes={list(eyes.num_eyes)} gives {n} eyes, more than "
+                          f"render.max_eyes={render.max_eyes}; valid: at most {render.max_eyes}")
+    if render.max_resolution is not None and max(eyes.resolution) > render.max_resolution:
+        raise ConfigError(f"{key}.resolution={list(eyes.resolution)} does not fit the buffer "
+                          f"render.max_resolution={render.max_resolution}; valid: each <= "
+                          f"{render.max_resolution}")
+
+
+def _validate_maze(name: str, m, agents: dict, key: str) -> None:
+    if "map" not in m:
+        raise ConfigError(f"{key}.map is missing")
+    try:
+        maze = maze_from_config(name, m)
+    except MazeError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    id_map = dict(m.get("agent_id_map") or {})
+    for group, names in id_map.items():
+        for n in names:
+            if n not in agents:
+                raise ConfigError(f"{key}.agent_id_map.{group} names unknown agent '{n}'; "
+                                  f"valid: {sorted(agents)}")
+    for agent in agents:
+        groups = [g for g, names in id_map.items() if agent in names]
+        cells = sum(len(maze.reset_cells.get(g, [])) for g in groups)
+        if cells == 0:
+            raise ConfigError(f"{key}: no spawn cell for agent '{agent}' (its groups {groups} have "
+                              f"no 'R'/'R:X' cells; map groups: {sorted(maze.reset_cells)})")
+    for group, textures in dict(m.get("wall_texture_map") or {}).items():
+        for t in textures:
+            try:
+                validate_texture_name(t)
+            except ValueError as e:
+                raise ConfigError(f"{key}.wall_texture_map.{group}: {e}") from None
+
+
+def _positive(section, where: str, key: str, kind) -> Any:
+    v = section.get(key)
+    if v is None or not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or (
+            kind is int and int(v) != v):
+        raise ConfigError(f"{where}.{key}={v!r} must be a positive {kind.__name__}")
+    return v

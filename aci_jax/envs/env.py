@@ -1,0 +1,328 @@
+"""The functional env: `reset(key) -> State`, `step(State, action) -> State` (brax conventions).
+
+One env is unbatched and pure, so `jax.vmap` batches it and `jax.jit` compiles it. Per step: the
+point agent's controller sets the actuators, `frame_skip` MJX sub-steps run (contacts recorded at
+each), the task's functions score the step, step hooks run, finished episodes are reset in place
+(new maze, spawn cells, wall textures), wall proxies follow the agent, and the eyes render the new
+frame into the frame stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from brax.envs.base import State
+from mujoco import mjx
+from omegaconf import DictConfig
+
+from aci_jax.config import env_config
+from aci_jax.envs.tasks import StepContext, build_task
+from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_rays, pixel_mask, static_buffer
+from aci_jax.eyes.render import RenderScene, cast_rays, make_render_scene
+from aci_jax.world.scene import PROXY_PARK_Z, World, build_world
+
+NEIGHBOURS = np.array([(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)])
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnTable:
+    """Per maze and per agent/object: padded candidate cells (world xy) and a validity mask."""
+
+    xy: jax.Array  # (n_mazes, n_bodies, max_cells, 2)
+    cell: jax.Array  # (n_mazes, n_bodies, max_cells) int: global cell id (for distinctness)
+    valid: jax.Array  # (n_mazes, n_bodies, max_cells) bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MazeGrids:
+    """Padded wall grids of all mazes, for the wall proxies that follow the agent."""
+
+    wall: jax.Array  # (n_mazes, rows, cols) bool
+    offset: jax.Array  # (n_mazes, 2)
+    shape: jax.Array  # (n_mazes, 2) real (rows, cols)
+    scale: jax.Array  # (n_mazes,)
+    half_height: jax.Array  # (n_mazes,)
+
+
+class Env:
+    """Batched-ready ACI env of one config (its training or evaluation variant)."""
+
+    def __init__(self, env_cfg: DictConfig):
+        self.cfg = env_cfg
+        self.world: World = build_world(env_cfg)
+        self.mx = mjx.put_model(self.world.model, impl="jax")
+        self._data0 = mjx.make_data(self.mx)
+        self.agent_name = next(iter(self.world.agents))
+        self.agent = self.world.agents[self.agent_name]
+        self.agent_cfg = env_cfg.agents[self.agent_name]
+        self.object_names = list(self.world.objects)
+        self.bodies = [self.agent_name, *self.object_names]
+        self.eyes_cfg = self.agent_cfg.eyes
+        self.default_eyes = EyeParams.from_config(self.eyes_cfg)
+        self.buffer: EyeBuffer = static_buffer(self.eyes_cfg, env_cfg.render)
+        self.eye_names = self.buffer.names(tuple(self.eyes_cfg.num_eyes))
+        self.scene: RenderScene = make_render_scene(self.world, tuple(env_cfg.render.background))
+        self.n_mazes = len(self.world.mazes)
+        self.frame_skip = int(env_cfg.frame_skip)
+        self.max_steps = int(env_cfg.max_episode_steps)
+        self.stack = int(env_cfg.frame_stack)
+        self._reward, self._terminated, self._truncated = build_task(env_cfg.task, self.object_names)
+        self._step_fns = [dict(s) for s in (env_cfg.task.get("step_fns") or {}).values()]
+        self.spawn = self._spawn_table()
+        self.grids = self._maze_grids()
+        self._wall_choices = self._wall_material_choices()
+
+    # -- static tables ---------------------------------------------------------------------------
+
+    def _spawn_table(self) -> SpawnTable:
+        per = []
+        for k, info in enumerate(self.world.mazes):
+            id_map = dict(self.cfg.mazes[info.maze.name].get("agent_id_map") or {})
+            rows = []
+            for name in self.bodies:
+                cells = [c for g, names in id_map.items() if name in names
+                         for c in info.maze.reset_cells.get(g, [])]
+                rows.append(sorted(set(cells)))
+            per.append(rows)
+        n = max(len(c) for rows in per for c in rows)
+        xy = np.zeros((self.n_mazes, len(self.bodies), n, 2), np.float32)
+        cell = -np.ones((self.n_mazes, len(self.bodies), n), np.int32)
+        for k, rows in enumerate(per):
+            info = self.world.mazes[k]
+            for b, cells in enumerate(rows):
+                for c, (i, j) in enumerate(cells):
+                    xy[k, b, c] = info.cell_world(i, j)
+                    cell[k, b, c] = i * info.maze.shape[1] + j
+        return SpawnTable(jnp.asarray(xy), jnp.asarray(cell), jnp.asarray(cell >= 0))
+
+    def _maze_grids(self) -> MazeGrids:
+        rows = max(m.maze.shape[0] for m in self.world.mazes)
+        cols = max(m.maze.shape[1] for m in self.world.mazes)
+        wall = np.zeros((self.n_mazes, rows, cols), bool)
+        for k, m in enumerate(self.world.mazes):
+            wall[k, : m.maze.shape[0], : m.maze.shape[1]] = m.maze.wall
+        ms = [m.maze for m in self.world.mazes]
+        return MazeGrids(jnp.asarray(wall), jnp.asarray(np.array([m.offset for m in self.world.mazes])),
+                         jnp.asarray(np.array([m.shape for m in ms])),
+                         jnp.asarray([m.scale for m in ms]), jnp.asarray([m.wall_half_height for m in ms]))
+
+    def _wall_material_choices(self):
+        """(n_groups, max_choices) candidate materials and the (ngeom,) group index of each wall."""
+        groups, choices = [], []
+        geom_group = -np.ones(self.world.model.ngeom, np.int32)
+        for info in self.world.mazes:
+            for g, mats in info.group_materials.items():
+                geoms = np.unique(info.cell_geom[info.maze.wall_group == g])
+                geom_group[geoms] = len(groups)
+                groups.append(g)
+                choices.append(mats)
+        width = max((len(c) for c in choices), default=1)
+        table = np.array([np.resize(c, width) for c in choices] or [[0]], np.int32)
+        counts = np.array([len(c) for c in choices] or [1], np.int32)
+        return jnp.asarray(table), jnp.asarray(counts), jnp.asarray(geom_group)
+
+    # -- brax-style interface -----------------------------------------------------------------------
+
+    @property
+    def action_size(self) -> int:
+        return 2
+
+    @property
+    def observation_size(self) -> dict[str, tuple]:
+        r = self.buffer.max_res
+        shapes = {name: (self.stack, r, r, 3) for name in self.eye_names}
+        shapes.update(action=(self.stack, 2), contact=(self.stack, 1))
+        return shapes
+
+    def reset(self, rng: jax.Array, eyes: EyeParams | None = None) -> State:
+        """A new episode in the first maze (`cycle`) or a random one (`random`)."""
+        eyes = self.default_eyes if eyes is None else eyes
+        rng, key_maze, key_ep = jax.random.split(rng, 3)
+        maze = (jax.random.randint(key_maze, (), 0, self.n_mazes) if self.cfg.maze_selection == "random"
+                else jnp.int32(0))
+        data, info = self._new_episode(key_ep, maze)
+        info.update(rng=rng, eyes=eyes, episode=jnp.int32(0), last_action=jnp.zeros(2))
+        frame = self._observe(data, info, jnp.zeros(2), jnp.bool_(False))
+        obs = jax.tree.map(lambda f: jnp.zeros((self.stack, *f.shape)).at[-1].set(f), frame)
+        zero = jnp.float32(0.0)
+        metrics = {k: zero for k in ("return", "length", "success", "failure", "contacts", "episode_done")}
+        info.update(truncation=zero, episode_metrics=dict(metrics))
+        return State(data, obs, zero, zero, metrics, info)
+
+    def step(self, state: State, action: jax.Array) -> State:
+        info = dict(state.info)
+        action = jnp.clip(action, -1.0, 1.0)
+        data = self._control(state.pipeline_state, action)
+        data, contacts = jax.lax.scan(self._substep, data, None, length=self.frame_skip)
+        contact = contacts.any()
+
+        pos = data.qpos[self.agent.qpos_adr[:2]]
+        objects = self._object_xy(data)
+        ctx = StepContext(pos=pos, prev_pos=info["prev_pos"], start_pos=info["start_pos"],
+                          objects=objects, prev_objects=info["prev_objects"], contact=contact,
+                          step=info["step"] + 1, max_steps=self.max_steps, ret=info["return"])
+        ctx = ctx.replace(terminated=self._terminated(ctx), truncated=self._truncated(ctx))
+        reward = self._reward(ctx)
+        timeout = ctx.step >= self.max_steps
+        done = ctx.terminated | ctx.truncated | timeout
+
+        rng, key_hook, key_reset = jax.random.split(info["rng"], 3)
+        data = self._run_step_fns(data, ctx, info["maze"], key_hook)
+        ep = {"return": info["return"] + reward, "length": ctx.step.astype(jnp.float32),
+              "success": ctx.terminated.astype(jnp.float32), "failure": ctx.truncated.astype(jnp.float32),
+              "contacts": info["contacts"] + contact, "episode_done": done.astype(jnp.float32)}
+
+        # Auto-reset: a finished episode continues as a fresh one, chosen by the maze schedule.
+        next_maze = (info["maze"] + 1) % self.n_mazes if self.cfg.maze_selection == "cycle" else \
+            jax.random.randint(key_reset, (), 0, self.n_mazes)
+        new_data, new_info = self._new_episode(key_reset, next_maze)
+        cont_info = dict(maze=info["maze"], start_pos=info["start_pos"], prev_pos=pos,
+                         prev_objects=self._object_xy(data), step=ctx.step, wall_material=info["wall_material"],
+                         **{"return": ep["return"], "contacts": ep["contacts"]})
+        pick = lambda a, b: jnp.where(done, a, b)
+        data = jax.tree.map(pick, new_data, data)
+        for k in cont_info:
+            info[k] = pick(new_info[k], cont_info[k])
+        data = self._place_proxies(data, info["maze"])
+        data = mjx.kinematics(self.mx, data)
+        last_action = jnp.where(done, 0.0, action)
+        frame = self._observe(data, info, last_action, jnp.where(done, False, contact))
+        obs = jax.tree.map(
+            lambda s, f: jnp.where(done, jnp.zeros_like(s).at[-1].set(f),
+                                   jnp.concatenate([s[1:], f[None]], 0)), state.obs, frame)
+        info.update(rng=rng, last_action=last_action, truncation=(timeout & ~ctx.terminated & ~ctx.truncated
+                                                                  ).astype(jnp.float32),
+                    episode=info["episode"] + done, episode_metrics=ep)
+        metrics = {k: v for k, v in ep.items()}
+        return state.replace(pipeline_state=data, obs=obs, reward=reward,
+                             done=done.astype(jnp.float32), metrics=metrics, info=info)
+
+    # -- pieces ------------------------------------------------------------------------------------
+
+    def _control(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
+        """Point agent: speed·(a0 + 1)/2 along the current heading; a1·π is the heading target."""
+        v = float(self.agent_cfg.speed) * (action[0] + 1) / 2
+        yaw = data.qpos[self.agent.qpos_adr[2]]
+        ctrl = data.ctrl.at[self.agent.actuators].set(
+            jnp.stack([v * jnp.cos(yaw), v * jnp.sin(yaw), action[1] * jnp.pi]))
+        return data.replace(ctrl=ctrl)
+
+    def _substep(self, data: mjx.Data, _):
+        data = mjx.step(self.mx, data)
+        con = data._impl.contact
+        return data, jnp.any(con.dist < 0)
+
+    def _object_xy(self, data: mjx.Data) -> jax.Array:
+        ids = jnp.asarray([self.world.objects[n].mocap for n in self.object_names], jnp.int32)
+        return data.mocap_pos[ids, :2] if self.object_names else jnp.zeros((0, 2))
+
+    def _sample_cells(self, key: jax.Array, maze: jax.Array, bodies: list[int],
+                      taken: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Distinct random spawn cells for `bodies` (indices into self.bodies), avoiding `taken`."""
+        xy = []
+        for b, k in zip(bodies, jax.random.split(key, len(bodies))):
+            cells = self.spawn.cell[maze, b]
+            ok = self.spawn.valid[maze, b] & ~jnp.isin(cells, taken)
+            c = jnp.argmax(jnp.where(ok, jax.random.gumbel(k, ok.shape), -jnp.inf))
+            taken = taken.at[b].set(cells[c])
+            xy.append(self.spawn.xy[maze, b, c])
+        return jnp.stack(xy), taken
+
+    def _new_episode(self, key: jax.Array, maze: jax.Array) -> tuple[mjx.Data, dict]:
+        k_cells, k_yaw, k_jit, k_tex = jax.random.split(key, 4)
+        xy, _ = self._sample_cells(k_cells, maze, list(range(len(self.bodies))),
+                                   -2 * jnp.ones(len(self.bodies), jnp.int32))
+        scale = self.grids.scale[maze]
+        agent_xy = xy[0] + float(self.cfg.spawn_jitter) * scale * jax.random.uniform(k_jit, (2,), minval=-.5, maxval=.5)
+        init_yaw = self.agent_cfg.get("init_yaw")
+        yaw = (jnp.deg2rad(float(init_yaw)) if init_yaw is not None
+               else jax.random.uniform(k_yaw, (), minval=-jnp.pi, maxval=jnp.pi))
+        qpos = self._data0.qpos.at[self.agent.qpos_adr].set(jnp.array([agent_xy[0], agent_xy[1], yaw]))
+        ctrl = self._data0.ctrl.at[self.agent.actuators[2]].set(yaw)
+        mocap = self._data0.mocap_pos
+        for b, name in enumerate(self.object_names, start=1):
+            o = self.world.objects[name]
+            mocap = mocap.at[o.mocap].set(jnp.array([xy[b, 0], xy[b, 1], o.radius]))
+        data = self._data0.replace(qpos=qpos, ctrl=ctrl, mocap_pos=mocap)
+        data = mjx.kinematics(self.mx, self._place_proxies(data, maze))
+        table, counts, _ = self._wall_choices
+        pick = jax.random.randint(k_tex, (table.shape[0],), 0, counts)
+        info = dict(maze=maze, start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:],
+                    step=jnp.int32(0), wall_material=table[jnp.arange(table.shape[0]), pick],
+                    **{"return": jnp.float32(0.0), "contacts": jnp.float32(0.0)})
+        return data, info
+
+    def _place_proxies(self, data: mjx.Data, maze: jax.Array) -> mjx.Data:
+        """Move the maze's wall proxies onto the wall cells around the agent; park all others."""
+        if self.world.proxy_mocap.size == 0:
+            return data
+        g = self.grids
+        x, y = data.qpos[self.agent.qpos_adr[0]], data.qpos[self.agent.qpos_adr[1]]
+        rows, cols = g.shape[maze, 0], g.shape[maze, 1]
+        s = g.scale[maze]
+        lx, ly = x - g.offset[maze, 0], y - g.offset[maze, 1]
+        i = jnp.floor((rows * s / 2 - ly) / s).astype(jnp.int32) + NEIGHBOURS[:, 0]
+        j = jnp.floor((lx + cols * s / 2) / s).astype(jnp.int32) + NEIGHBOURS[:, 1]
+        inside = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
+        wall = inside & g.wall[maze, jnp.clip(i, 0, g.wall.shape[1] - 1), jnp.clip(j, 0, g.wall.shape[2] - 1)]
+        cx = (j + 0.5) * s - cols * s / 2 + g.offset[maze, 0]
+        cy = rows * s / 2 - (i + 0.5) * s + g.offset[maze, 1]
+        here = jnp.stack([cx, cy, jnp.where(wall, g.half_height[maze], PROXY_PARK_Z)], -1)
+        parked = jnp.array([0.0, 0.0, PROXY_PARK_Z])
+        mocap = data.mocap_pos
+        for k in range(self.n_mazes):
+            ids = jnp.asarray(self.world.proxy_mocap[k])
+            mocap = mocap.at[ids].set(jnp.where(maze == k, here, parked))
+        return data.replace(mocap_pos=mocap)
+
+    def _run_step_fns(self, data: mjx.Data, ctx: StepContext, maze: jax.Array, key: jax.Array) -> mjx.Data:
+        """Per-step hooks; `respawn_on_reach` moves reached objects to fresh spawn cells."""
+        for spec, k in zip(self._step_fns, jax.random.split(key, max(len(self._step_fns), 1))):
+            if spec["fn"] == "respawn_on_reach":
+                data = self._respawn_on_reach(data, ctx, maze, k, list(spec["targets"]),
+                                              float(spec.get("distance", 1.0)))
+        return data
+
+    def _respawn_on_reach(self, data, ctx, maze, key, targets, distance):
+        bodies = [1 + self.object_names.index(t) for t in targets]
+        xy, _ = self._sample_cells(key, maze, bodies, -2 * jnp.ones(len(self.bodies), jnp.int32))
+        mocap = data.mocap_pos
+        for b, new in zip(bodies, xy):
+            o = self.world.objects[self.bodies[b]]
+            hit = ctx.distance(b - 1) < distance
+            mocap = mocap.at[o.mocap, :2].set(jnp.where(hit, new, mocap[o.mocap, :2]))
+        return data.replace(mocap_pos=mocap)
+
+    def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
+        """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²)."""
+        b = self.buffer
+        pos = data.qpos[self.agent.qpos_adr]
+        origin = jnp.array([pos[0], pos[1], self.agent.radius])
+        origins, dirs = eye_rays(eyes, b, origin, pos[2], self.agent.radius)
+        o = jnp.broadcast_to(origins[:, None, None, None], dirs.shape).reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, data.geom_xpos, data.geom_xmat, o, dirs.reshape(-1, 3),
+                                     exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material))
+        shape = dirs.shape[:-1]
+        mask = pixel_mask(eyes, b)
+        img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]
+        return img, depth.reshape(shape).min(-1), geom.reshape(shape)
+
+    def _wall_material(self, group_material: jax.Array) -> jax.Array:
+        _, _, geom_group = self._wall_choices
+        return jnp.where(geom_group >= 0, group_material[jnp.maximum(geom_group, 0)], -1)
+
+    def _observe(self, data: mjx.Data, info: dict, last_action: jax.Array, contact: jax.Array) -> dict:
+        img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
+        obs = {name: img[k] for k, name in enumerate(self.eye_names)}
+        obs.update(action=last_action.astype(jnp.float32), contact=contact.astype(jnp.float32)[None])
+        return obs
+
+
+def make_env(cfg: DictConfig, eval: bool = False) -> Env:
+    """The env of a composed config (`eval=True`: its evaluation variant)."""
+    return Env(env_config(cfg, eval=eval))
