@@ -30,7 +30,10 @@ def birdseye(env, data, wall_material, maze: jax.Array, size: int) -> jax.Array:
     img = rgb.reshape(size, size, 3)
     # The agent is almost invisible from above: draw it, with a heading tick, as overlay pixels.
     pos = data.qpos[env.agent.qpos_adr]
-    px = lambda p: ((p[0] - g.offset[maze, 0]) / half + 1) / 2 * size, ((g.offset[maze, 1] - p[1]) / half + 1) / 2 * size
+
+    def px(p):  # world xy -> (col, row) pixel coordinates
+        return ((p[0] - g.offset[maze, 0]) / half + 1) / 2 * size, ((g.offset[maze, 1] - p[1]) / half + 1) / 2 * size
+
     cols, rows = jnp.meshgrid(jnp.arange(size), jnp.arange(size))
     ax, ay = px(pos[:2])
     r = max(size / 100, 1.5)

@@ -213,9 +213,9 @@ def _add_object(spec, materials: dict, name: str, a: Mapping[str, Any]):
     quat = [np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0] if a.get("turned") else [1, 0, 0, 0]
     rgba = list(a.get("rgba", [1, 1, 1, 1]))
     kw = {}
-    if a.get("texture"):
+    if a.get("texture"):  # the texture's own colours (white material): colour tells nothing apart
         kw["material"] = _add_texture_material(spec, materials, a["texture"], 1.0, False,
-                                               rgba=rgba, emission=float(a.get("emission", 1.0)))
+                                               emission=float(a.get("emission", 1.0)))
     body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[r, 0, 0], quat=quat,
                   rgba=rgba, contype=0, conaffinity=0, **kw)
     body.add_geom(name=f"{name}_marker", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.1 * r + 0.05, 0, 0],

@@ -1,0 +1,170 @@
+"""The batched env: spawning, determinism, vmap equivalence, auto-reset, eyes that see the scene."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import aci_jax
+from aci_jax.eyes.geometry import EyeParams
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def det():
+    cfg = aci_jax.load_config("detection", ["env.max_episode_steps=6", "env.frame_stack=3"])
+    env = aci_jax.make_env(cfg)
+    return env, jax.jit(env.reset), jax.jit(env.step), jax.jit(jax.vmap(env.reset)), jax.jit(jax.vmap(env.step))
+
+
+def rollout(vstep, states, n_steps, seed=1):
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_steps)
+    out = []
+    for k in keys:
+        a = jax.random.uniform(k, (states.reward.shape[0], 2), minval=-1, maxval=1)
+        states = vstep(states, a)
+        out.append(states)
+    return out
+
+
+def test_observation_shapes_and_ranges(det):
+    env, reset, _, vreset, _ = det
+    s = vreset(jax.random.split(jax.random.PRNGKey(0), N))
+    assert env.action_size == 2
+    assert set(s.obs) == {"eye_0_0", "action", "contact"}
+    for k, shape in env.observation_size.items():
+        assert s.obs[k].shape == (N, *shape)
+    eye = np.asarray(s.obs["eye_0_0"])
+    assert eye.shape == (N, 3, 10, 10, 3) and 0 <= eye.min() and eye.max() <= 1
+    assert (eye[:, :-1] == 0).all() and eye[:, -1].max() > 0  # zero-padded stack at episode start
+
+
+def test_spawn_on_group_cells_without_overlap(det):
+    env, _, _, vreset, _ = det
+    s = vreset(jax.random.split(jax.random.PRNGKey(3), 64))
+    maze = env.world.mazes[0]
+    agent = np.asarray(s.pipeline_state.qpos[:, :2])
+    objects = np.asarray(env._object_xy(s.pipeline_state)) if False else np.asarray(
+        jax.vmap(env._object_xy)(s.pipeline_state))
+    allowed_agent = {tuple(np.round(maze.cell_world(i, j), 4)) for i, j in maze.maze.reset_cells["default"]}
+    allowed_obj = {tuple(np.round(maze.cell_world(i, j), 4)) for i, j in maze.maze.reset_cells["O"]}
+    for a, objs in zip(agent, objects):
+        assert tuple(np.round(a, 4)) in allowed_agent
+        assert all(tuple(np.round(o, 4)) in allowed_obj for o in objs)
+        pts = np.vstack([a, objs])
+        d = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(3) * 99
+        assert d.min() >= 0.5 * maze.maze.scale
+
+
+def test_determinism_and_vmap_equals_single(det):
+    env, reset, step, vreset, vstep = det
+    keys = jax.random.split(jax.random.PRNGKey(5), N)
+    a = jax.random.uniform(jax.random.PRNGKey(6), (N, 2), minval=-1, maxval=1)
+    s1 = vstep(vreset(keys), a)
+    s2 = vstep(vreset(keys), a)
+    jax.tree.map(np.testing.assert_array_equal, s1.obs, s2.obs)
+    for i in range(N):
+        single = step(reset(keys[i]), a[i])
+        np.testing.assert_allclose(single.obs["eye_0_0"], s1.obs["eye_0_0"][i], atol=1e-5)
+        np.testing.assert_allclose(single.pipeline_state.qpos, s1.pipeline_state.qpos[i], atol=1e-5)
+        np.testing.assert_allclose(single.reward, s1.reward[i], atol=1e-5)
+
+
+def test_agent_moves_along_heading_and_turns(det):
+    env, reset, step, _, _ = det
+    s = reset(jax.random.PRNGKey(0))
+    x0 = np.asarray(s.pipeline_state.qpos[:3])
+    s = step(s, jnp.array([1.0, x0[2] / np.pi]))  # full speed, keep heading
+    x1 = np.asarray(s.pipeline_state.qpos[:3])
+    moved = x1[:2] - x0[:2]
+    assert 0.1 < np.linalg.norm(moved) < 0.25  # ≤ 1 m/s for 0.2 s
+    np.testing.assert_allclose(moved / np.linalg.norm(moved), [np.cos(x0[2]), np.sin(x0[2])], atol=0.05)
+    for _ in range(3):
+        s = step(s, jnp.array([-1.0, 0.5]))  # stand still, turn to +90°
+    assert abs(float(s.pipeline_state.qpos[2]) - np.pi / 2) < 0.1
+
+
+def test_auto_reset_and_episode_metrics(det):
+    env, _, _, vreset, vstep = det
+    s = vreset(jax.random.split(jax.random.PRNGKey(2), N))
+    states = rollout(vstep, s, 7)
+    done = np.stack([np.asarray(x.done) for x in states])
+    assert done[5].all()  # time limit of 6 steps (unless an object was reached earlier)
+    assert all(int(x) <= 6 for x in np.asarray(states[5].metrics["length"]))
+    after = states[6]
+    assert (np.asarray(after.info["step"]) == 1).all() or done[:6].any()
+    # The frame stack restarted at the reset: older frames are zero again.
+    assert (np.asarray(states[5].obs["eye_0_0"])[:, 0] == 0).all()
+
+
+def test_wall_contact_recorded_and_penalised():
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.init_yaw=90.0", "env.task.terminations={}",
+                                            "env.task.truncations={}", "env.render.supersample=1"])
+    env = aci_jax.make_env(cfg)
+    step = jax.jit(env.step)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    contacts = 0
+    for _ in range(100):  # run north into the border wall
+        s = step(s, jnp.array([1.0, 0.5]))
+        contacts += float(s.info["contacts"] > 0)
+        if s.info["contacts"] > 0:
+            break
+    assert contacts > 0
+    assert float(s.reward) <= -0.5  # the -1 contact penalty dominates this step
+    assert float(s.pipeline_state.qpos[1]) < 11.0 - 2.0 + 0.01  # stopped by the wall (y = 11 - scale)
+
+
+def test_eye_sees_object_on_the_left_and_padding_is_exact():
+    """A 1×1 eye at lon 90° sees the goal placed to the agent's left; 1×1 inside 8×8 is identical."""
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.eyes.resolution=[1,1]",
+                                            "env.agents.agent.eyes.fov=[20,20]",
+                                            "env.agents.agent.eyes.lon_range=[90,90]",
+                                            "env.render.max_resolution=8", "env.render.max_eyes=2"])
+    env = aci_jax.make_env(cfg)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    data = s.pipeline_state
+    qpos = data.qpos.at[:3].set(jnp.array([0.0, -4.0, 0.0]))  # facing +x
+    goal = env.world.objects["goal"].mocap
+    far = jnp.array([50.0, 50.0, -10.0])
+    mocap = data.mocap_pos.at[goal].set(jnp.array([0.0, -1.5, 0.5]))
+    mocap = mocap.at[env.world.objects["adversary"].mocap].set(far)
+    data = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))(data.replace(qpos=qpos, mocap_pos=mocap))
+    img, depth, geom = jax.jit(env.render_eyes)(data, s.info["eyes"], s.info["wall_material"])
+    assert int(geom[0, 0, 0, 0]) == env.world.objects["goal"].geom
+    assert geom.shape[1:3] == (8, 8) and (np.asarray(img[0])[1:, :] == 0).all() and (np.asarray(img[1]) == 0).all()
+    # Same eye without padding.
+    cfg2 = aci_jax.load_config("detection", ["env.agents.agent.eyes.resolution=[1,1]",
+                                             "env.agents.agent.eyes.fov=[20,20]",
+                                             "env.agents.agent.eyes.lon_range=[90,90]"])
+    env2 = aci_jax.make_env(cfg2)
+    img2, _, _ = jax.jit(env2.render_eyes)(data, env2.default_eyes, s.info["wall_material"])
+    np.testing.assert_allclose(img2[0, 0, 0], img[0, 0, 0], atol=1e-6)
+    # And the eye at lon 0 (looking forward, +x) does not see the goal.
+    eyes = env.default_eyes.replace(lon_range=jnp.array([0.0, 0.0]))
+    _, _, geom0 = jax.jit(env.render_eyes)(data, eyes, s.info["wall_material"])
+    assert int(geom0[0, 0, 0, 0]) != env.world.objects["goal"].geom
+
+
+@pytest.mark.parametrize("obj", ["goal", "adversary"])
+def test_stripe_orientation_visible_to_10x10_eye(obj):
+    """Facing a striped object, the goal's stripes vary across columns, the adversary's across rows."""
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.eyes.fov=[30,30]"])
+    env = aci_jax.make_env(cfg)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    data = s.pipeline_state
+    qpos = data.qpos.at[:3].set(jnp.array([0.0, 0.0, 0.0]))
+    other = "adversary" if obj == "goal" else "goal"
+    mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(jnp.array([1.4, 0.0, 0.2]))
+    mocap = mocap.at[env.world.objects[other].mocap].set(jnp.array([50.0, 50.0, -10.0]))
+    data = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))(data.replace(qpos=qpos, mocap_pos=mocap))
+    img, _, geom = jax.jit(env.render_eyes)(data, env.default_eyes, s.info["wall_material"])
+    img = np.asarray(img[0])
+    assert (np.asarray(geom[0]) == env.world.objects[obj].geom).all()
+    redness = img[..., 0] - img[..., 2]
+    across_cols = np.abs(np.diff(redness, axis=1)).mean()
+    across_rows = np.abs(np.diff(redness, axis=0)).mean()
+    if obj == "goal":
+        assert across_cols > 2 * across_rows
+    else:
+        assert across_rows > 2 * across_cols
