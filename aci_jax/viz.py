@@ -25,7 +25,7 @@ def birdseye(env, data, wall_material, maze: jax.Array, size: int) -> jax.Array:
     origins = jnp.stack([jnp.broadcast_to(x, (size, size)), jnp.broadcast_to(y, (size, size)),
                          jnp.full((size, size), BIRDSEYE_HEIGHT)], -1).reshape(-1, 3)
     dirs = jnp.broadcast_to(jnp.array([0.0, 0.0, -1.0]), origins.shape)
-    rgb, _, _ = cast_rays(env.scene, data.geom_xpos, data.geom_xmat, origins, dirs,
+    rgb, _, _ = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat, origins, dirs,
                           wall_material=env._wall_material(wall_material))
     img = rgb.reshape(size, size, 3)
     # The agent is almost invisible from above: draw it, with a heading tick, as overlay pixels.
@@ -51,7 +51,7 @@ def third_person(env, data, wall_material, size: int, distance: float = 3.0, hei
     target = jnp.array([pos[0], pos[1], env.agent.radius]) + 2.0 * heading
     eye = jnp.array([pos[0], pos[1], height]) - distance * heading
     dirs = lookat_rays(eye, target, 60.0, size).reshape(-1, 3)
-    rgb, _, _ = cast_rays(env.scene, data.geom_xpos, data.geom_xmat,
+    rgb, _, _ = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat,
                           jnp.broadcast_to(eye, dirs.shape), dirs,
                           wall_material=env._wall_material(wall_material))
     return rgb.reshape(size, size, 3)

@@ -55,7 +55,8 @@ class Env:
         self.cfg = env_cfg
         self.world: World = build_world(env_cfg)
         self.mx = mjx.put_model(self.world.model, impl="jax")
-        self._data0 = mjx.make_data(self.mx)
+        # Kinematics once, so static and mocap geoms start posed; steps never re-run it.
+        self._data0 = jax.jit(mjx.kinematics)(self.mx, mjx.make_data(self.mx))
         self.agent_name = next(iter(self.world.agents))
         self.agent = self.world.agents[self.agent_name]
         self.agent_cfg = env_cfg.agents[self.agent_name]
@@ -188,7 +189,6 @@ class Env:
         for k in cont_info:
             info[k] = pick(new_info[k], cont_info[k])
         data = self._place_proxies(data, info["maze"])
-        data = mjx.kinematics(self.mx, data)
         last_action = jnp.where(done, 0.0, action)
         frame = self._observe(data, info, last_action, jnp.where(done, False, contact))
         obs = jax.tree.map(
@@ -248,7 +248,7 @@ class Env:
             o = self.world.objects[name]
             mocap = mocap.at[o.mocap].set(jnp.array([xy[b, 0], xy[b, 1], o.radius]))
         data = self._data0.replace(qpos=qpos, ctrl=ctrl, mocap_pos=mocap)
-        data = mjx.kinematics(self.mx, self._place_proxies(data, maze))
+        data = self._place_proxies(data, maze)
         table, counts, _ = self._wall_choices
         pick = jax.random.randint(k_tex, (table.shape[0],), 0, counts)
         info = dict(maze=maze, start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:],
@@ -297,6 +297,18 @@ class Env:
             mocap = mocap.at[o.mocap, :2].set(jnp.where(hit, new, mocap[o.mocap, :2]))
         return data.replace(mocap_pos=mocap)
 
+    def geom_xpos(self, data: mjx.Data) -> jax.Array:
+        """Geom positions of the current state: spheres posed from qpos / mocap_pos directly.
+
+        mjx.step's geom_xpos lags one sub-step and misses mocap moves made after it (reset,
+        respawn); the eyes need only the spheres' centres, which are the bodies' own positions.
+        """
+        pos = data.qpos[self.agent.qpos_adr]
+        xpos = data.geom_xpos.at[self.agent.geom].set(jnp.array([pos[0], pos[1], self.agent.radius]))
+        for o in self.world.objects.values():
+            xpos = xpos.at[o.geom].set(data.mocap_pos[o.mocap])
+        return xpos
+
     def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
         """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²)."""
         b = self.buffer
@@ -304,7 +316,7 @@ class Env:
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
         origins, dirs = eye_rays(eyes, b, origin, pos[2], self.agent.radius)
         o = jnp.broadcast_to(origins[:, None, None, None], dirs.shape).reshape(-1, 3)
-        rgb, depth, geom = cast_rays(self.scene, data.geom_xpos, data.geom_xmat, o, dirs.reshape(-1, 3),
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
                                      exclude_geom=self.agent.geom,
                                      wall_material=self._wall_material(wall_material))
         shape = dirs.shape[:-1]

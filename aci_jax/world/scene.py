@@ -104,6 +104,9 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
     spec.option.timestep = float(env_cfg["physics_dt"])
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     spec.option.gravity = [0, 0, -9.81]
+    # One sphere touching a few boxes: a handful of solver iterations converge.
+    spec.option.iterations = int(env_cfg.get("solver_iterations", 100))
+    spec.option.ls_iterations = int(env_cfg.get("ls_iterations", 50))
     # MJX broad phase: keep only the nearest few agent-wall pairs per step.
     spec.add_numeric(name="max_geom_pairs", data=[float(env_cfg.get("max_geom_pairs", 4))])
     spec.add_numeric(name="max_contact_points", data=[float(env_cfg.get("max_contact_points", 4))])

@@ -1,0 +1,118 @@
+"""Actor-critic networks as in ACI (SB3 `MultiInputPolicy` with a combined extractor), in Flax.
+
+One feature extractor is shared by all eyes; its per-eye features are concatenated with the stacked
+last actions and contact flags, then two MLPs give the policy mean and the value. The policy is a
+diagonal Gaussian with a state-independent log std (SB3's default); actions are clipped to [-1, 1]
+by the env, log-probs are those of the unclipped sample, and the deterministic action is the
+clipped mean.
+
+Morphology is data: inputs are static-maxima buffers, so every pixel outside the individual's
+resolution is multiplied by `pixel_mask` and the features of eye slots beyond its eye count are
+zeroed. Padding then contributes nothing: the outputs equal those of a network over a buffer
+holding just the real eyes (with the head's rows of the padded slots dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_placements, pixel_mask
+
+ENCODERS = ("mlp", "cnn", "flatten")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture (`trainer.network` in the config)."""
+
+    encoder: str = "mlp"  # mlp | cnn | flatten: the per-eye feature extractor
+    features: int = 64  # per-eye features (mlp, cnn)
+    channels: tuple[int, ...] = (16, 32)  # cnn: 3x3 stride-1 conv layers
+    hidden: tuple[int, ...] = (64, 64)  # policy and value MLPs (tanh)
+    log_std_init: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "NetworkConfig":
+        cfg = dict(cfg or {})
+        if cfg.get("encoder", cls.encoder) not in ENCODERS:
+            raise ValueError(f"trainer.network.encoder={cfg['encoder']!r}; valid: {ENCODERS}")
+        for k in ("channels", "hidden"):
+            if k in cfg:
+                cfg[k] = tuple(int(v) for v in cfg[k])
+        return cls(**cfg)
+
+
+class EyeEncoder(nn.Module):
+    """Features (..., E, F) of the stacked images (..., E, stack, R, R, 3) of E eye slots.
+
+    One set of weights serves every eye. `mlp` flattens an eye's frames into a Dense layer, `cnn`
+    runs 3x3 'SAME' convolutions (frames stacked as channels; re-masked after each layer, so padded
+    pixels stay zero for any resolution from 1x1 up) then a Dense layer, `flatten` is the identity.
+    """
+
+    kind: str
+    features: int
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x * mask[:, None, :, :, None]
+        if self.kind == "flatten":
+            return x.reshape(*x.shape[:-4], -1)
+        if self.kind == "cnn":
+            x = jnp.moveaxis(x, -4, -2)  # (..., E, R, R, stack, 3)
+            x = x.reshape(*x.shape[:-2], -1)
+            for c in self.channels:
+                x = nn.relu(nn.Conv(c, (3, 3), padding="SAME")(x)) * mask[..., None]
+            x = x.reshape(*x.shape[:-3], -1)
+        else:
+            x = x.reshape(*x.shape[:-4], -1)
+        return nn.relu(nn.Dense(self.features)(x))
+
+
+def _mlp(x: jax.Array, hidden: tuple[int, ...], out: int, gain: float, name: str) -> jax.Array:
+    """Tanh MLP `name_0, name_1, ...` then a linear output layer `name_out` (orthogonal init)."""
+    for i, h in enumerate(hidden):
+        x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)), name=f"{name}_{i}")(x))
+    return nn.Dense(out, kernel_init=nn.initializers.orthogonal(gain), name=f"{name}_out")(x)
+
+
+class ActorCritic(nn.Module):
+    """(mean, log_std, value) for obs dicts with any leading batch shape, given the individual's eyes."""
+
+    eye_names: tuple[str, ...]
+    buffer: EyeBuffer
+    cfg: NetworkConfig
+    action_size: int = 2
+
+    @nn.compact
+    def __call__(self, obs: dict, eyes: EyeParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+        _, _, eye_ok = eye_placements(eyes, self.buffer)
+        images = jnp.stack([obs[n] for n in self.eye_names], -5)
+        f = EyeEncoder(self.cfg.encoder, self.cfg.features, self.cfg.channels, name="encoder")(
+            images, pixel_mask(eyes, self.buffer))
+        f = f * eye_ok[:, None]
+        lead = f.shape[:-2]
+        x = jnp.concatenate([f.reshape(*lead, -1), obs["action"].reshape(*lead, -1),
+                             obs["contact"].reshape(*lead, -1)], -1)
+        mean = _mlp(x, self.cfg.hidden, self.action_size, 0.01, "pi")
+        value = _mlp(x, self.cfg.hidden, 1, 1.0, "v")
+        log_std = self.param("log_std", nn.initializers.constant(self.cfg.log_std_init), (self.action_size,))
+        return mean, jnp.broadcast_to(log_std, mean.shape), value[..., 0]
+
+
+def log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:
+    """Diagonal Gaussian log-density of (unclipped) actions, summed over the action axis."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), -1)
+
+
+def entropy(log_std: jax.Array) -> jax.Array:
+    """Diagonal Gaussian entropy, summed over the action axis."""
+    return jnp.sum(log_std + 0.5 * (1 + math.log(2 * math.pi)), -1)
