@@ -153,9 +153,10 @@ def test_stripe_orientation_visible_to_10x10_eye(obj):
     env = aci_jax.make_env(cfg)
     s = jax.jit(env.reset)(jax.random.PRNGKey(0))
     data = s.pipeline_state
-    qpos = data.qpos.at[:3].set(jnp.array([0.0, 0.0, 0.0]))
+    # Facing +y: the turned adversary's poles point along x, so its stripes show side-on.
+    qpos = data.qpos.at[:3].set(jnp.array([0.0, 0.0, np.pi / 2]))
     other = "adversary" if obj == "goal" else "goal"
-    mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(jnp.array([1.4, 0.0, 0.2]))
+    mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(jnp.array([0.0, 1.4, 0.2]))
     mocap = mocap.at[env.world.objects[other].mocap].set(jnp.array([50.0, 50.0, -10.0]))
     data = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))(data.replace(qpos=qpos, mocap_pos=mocap))
     img, _, geom = jax.jit(env.render_eyes)(data, env.default_eyes, s.info["wall_material"])
