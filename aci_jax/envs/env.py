@@ -25,6 +25,7 @@ from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_rays, pixel_mask, st
 from aci_jax.eyes.render import RenderScene, cast_rays, make_render_scene
 from aci_jax.world.scene import PROXY_PARK_Z, World, build_world
 
+RESET_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart", "time")
 NEIGHBOURS = np.array([(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)])
 
 
@@ -185,7 +186,8 @@ class Env:
                          prev_objects=self._object_xy(data), step=ctx.step, wall_material=info["wall_material"],
                          **{"return": ep["return"], "contacts": ep["contacts"]})
         pick = lambda a, b: jnp.where(done, a, b)
-        data = jax.tree.map(pick, new_data, data)
+        # Only the state fields differ: everything else is recomputed by the next mjx.step.
+        data = data.replace(**{f: pick(getattr(new_data, f), getattr(data, f)) for f in RESET_FIELDS})
         for k in cont_info:
             info[k] = pick(new_info[k], cont_info[k])
         data = self._place_proxies(data, info["maze"])
