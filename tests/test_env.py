@@ -169,3 +169,20 @@ def test_stripe_orientation_visible_to_10x10_eye(obj):
         assert across_cols > 2 * across_rows
     else:
         assert across_rows > 2 * across_cols
+
+
+def test_eval_variant_respawns_reached_objects_instead_of_ending():
+    cfg = aci_jax.load_config("detection", ["env.render.supersample=1"])
+    env = aci_jax.make_env(cfg, eval=True)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    goal = env.world.objects["goal"].mocap
+    pos = s.pipeline_state.qpos[:2]
+    near = jnp.array([pos[0] + 0.5, pos[1], 0.5])
+    s = s.replace(pipeline_state=s.pipeline_state.replace(mocap_pos=s.pipeline_state.mocap_pos.at[goal].set(near)))
+    s2 = jax.jit(env.step)(s, jnp.array([-1.0, 0.0]))
+    assert float(s2.done) == 0.0  # no termination in the evaluation variant
+    assert float(s2.reward) > 5.0  # +10 × quickness for the goal
+    moved = np.asarray(s2.pipeline_state.mocap_pos[goal, :2])
+    assert np.linalg.norm(moved - np.asarray(near[:2])) > 0.5  # respawned on a fresh cell
+    cells = {tuple(np.round(env.world.mazes[0].cell_world(i, j), 4)) for i, j in env.world.mazes[0].maze.reset_cells["O"]}
+    assert tuple(np.round(moved, 4)) in cells
