@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,31 @@ class NetworkConfig:
         return cls(**cfg)
 
 
+def orthogonal(scale: float = 1.0) -> Callable:
+    """SB3's orthogonal init, by Gram-Schmidt (twice) instead of LAPACK QR.
+
+    Same distribution as `nn.initializers.orthogonal` (Q of a Gaussian matrix, positive R diagonal),
+    but plain matmuls: a vmapped LAPACK QR next to the env in one XLA:CPU program deadlocks
+    (jaxlib 0.10, seen with `jax.vmap(PPO.init)`).
+    """
+
+    def init(key: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        n, k = max(rows, cols), min(rows, cols)
+
+        def column(q, j):
+            earlier = (jnp.arange(k) < j).astype(q.dtype)
+            v = q[:, j]
+            for _ in range(2):
+                v = v - q @ ((q.T @ v) * earlier)
+            return q.at[:, j].set(v / jnp.linalg.norm(v)), None
+
+        q, _ = jax.lax.scan(column, jax.random.normal(key, (n, k)), jnp.arange(k))
+        return (scale * (q if rows >= cols else q.T)).reshape(shape).astype(dtype)
+
+    return init
+
+
 class EyeEncoder(nn.Module):
     """Features (..., E, F) of the stacked images (..., E, stack, R, R, 3) of E eye slots.
 
@@ -69,18 +94,19 @@ class EyeEncoder(nn.Module):
             x = jnp.moveaxis(x, -4, -2)  # (..., E, R, R, stack, 3)
             x = x.reshape(*x.shape[:-2], -1)
             for c in self.channels:
-                x = nn.relu(nn.Conv(c, (3, 3), padding="SAME")(x)) * mask[..., None]
+                x = nn.relu(nn.Conv(c, (3, 3), padding="SAME", kernel_init=orthogonal(math.sqrt(2)))(x))
+                x = x * mask[..., None]
             x = x.reshape(*x.shape[:-3], -1)
         else:
             x = x.reshape(*x.shape[:-4], -1)
-        return nn.relu(nn.Dense(self.features)(x))
+        return nn.relu(nn.Dense(self.features, kernel_init=orthogonal(math.sqrt(2)))(x))
 
 
 def _mlp(x: jax.Array, hidden: tuple[int, ...], out: int, gain: float, name: str) -> jax.Array:
     """Tanh MLP `name_0, name_1, ...` then a linear output layer `name_out` (orthogonal init)."""
     for i, h in enumerate(hidden):
-        x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)), name=f"{name}_{i}")(x))
-    return nn.Dense(out, kernel_init=nn.initializers.orthogonal(gain), name=f"{name}_out")(x)
+        x = nn.tanh(nn.Dense(h, kernel_init=orthogonal(math.sqrt(2)), name=f"{name}_{i}")(x))
+    return nn.Dense(out, kernel_init=orthogonal(gain), name=f"{name}_out")(x)
 
 
 class ActorCritic(nn.Module):
