@@ -1,7 +1,7 @@
 """`python -m aci_jax.rollout exp=detection [overrides]`: run a batch of envs with a simple policy.
 
-Prints env-steps/s and writes into the run folder a video of one env (bird's-eye view beside the
-agent's eye mosaic) and `eyes.png` (the eye mosaic at one step).
+Prints env-steps/s and writes into the run folder a video of one env (bird's-eye view, third-person
+third-person view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aci_jax.config import CONFIG_DIR, ConfigError, validate
 from aci_jax.envs.env import Env, make_env
-from aci_jax.viz import birdseye, eye_mosaic, side_by_side, to_uint8, write_video
+from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
 
 POLICIES = ("random", "nearest_object")
 
@@ -57,9 +57,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     @jax.jit
     def frame(state):
         data = state.pipeline_state
-        view = birdseye(env, data, state.info["wall_material"], state.info["maze"], int(r.view_size))
+        top = birdseye(env, data, state.info["wall_material"], state.info["maze"], int(r.view_size))
+        behind = third_person(env, data, state.info["wall_material"], int(r.view_size))
         eyes, _, _ = env.render_eyes(data, state.info["eyes"], state.info["wall_material"])
-        return view, eyes
+        return top, behind, eyes
 
     key = jax.random.PRNGKey(int(cfg.seed))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, n))
@@ -72,9 +73,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     mosaic_step = int(r.n_steps) // 2
     sim_time = 0.0
     for t in range(int(r.n_steps)):
-        view, eyes = jax.device_get(frame(one(states)))
+        top, behind, eyes = jax.device_get(frame(one(states)))
         mosaic = eye_mosaic(eyes, e.num_eyes, e.resolution, cell=int(r.view_size) // max(e.num_eyes[0], 2))
-        frames.append(side_by_side(view, mosaic))
+        frames.append(side_by_side(top, behind, mosaic))
         if t == mosaic_step:
             import imageio.v2 as imageio
 
