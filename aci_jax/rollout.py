@@ -1,7 +1,7 @@
 """`python -m aci_jax.rollout exp=detection [overrides]`: run a batch of envs with a simple policy.
 
 Prints env-steps/s and writes into the run folder a video of one env (bird's-eye view, third-person
-third-person view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step).
+view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step).
 """
 
 from __future__ import annotations
