@@ -186,3 +186,29 @@ def test_eval_variant_respawns_reached_objects_instead_of_ending():
     assert np.linalg.norm(moved - np.asarray(near[:2])) > 0.5  # respawned on a fresh cell
     cells = {tuple(np.round(env.world.mazes[0].cell_world(i, j), 4)) for i, j in env.world.mazes[0].maze.reset_cells["O"]}
     assert tuple(np.round(moved, 4)) in cells
+
+
+@pytest.mark.parametrize("selection", ["cycle", "random"])
+def test_maze_choice_per_episode(selection):
+    cfg = aci_jax.load_config("detection", [
+        "+maze@env.mazes.OPEN_LARGE=OPEN_LARGE", "env.mazes.OPEN_LARGE.agent_id_map={default: [agent], O: [goal, adversary]}",
+        f"env.maze_selection={selection}", "env.max_episode_steps=2", "env.render.supersample=1",
+        "env.agents.agent.eyes.resolution=[2,2]"])
+    env = aci_jax.make_env(cfg)
+    step = jax.jit(jax.vmap(env.step))
+    s = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 16))
+    mazes = [np.asarray(s.info["maze"])]
+    for _ in range(6):
+        s = step(s, jnp.zeros((16, 2)) - 1.0)  # stand still: every episode ends at the time limit
+        mazes.append(np.asarray(s.info["maze"]))
+    mazes = np.stack(mazes)[::2]  # one row per episode
+    if selection == "cycle":
+        assert (mazes[0] == 0).all() and (mazes[1] == 1).all() and (mazes[2] == 0).all()
+    else:
+        assert set(np.unique(mazes)) == {0, 1}
+    # Agents spawn inside the maze of their episode.
+    x = np.asarray(s.pipeline_state.qpos[:, 0])
+    offsets = np.array([m.offset[0] for m in env.world.mazes])
+    widths = np.array([m.maze.width for m in env.world.mazes])
+    k = np.asarray(s.info["maze"])
+    assert (np.abs(x - offsets[k]) < widths[k] / 2).all()
