@@ -106,7 +106,8 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     xg = jnp.broadcast_to(x[None, :, None, :], (max_res, max_res, s, s))
     yg = jnp.broadcast_to(y[:, None, :, None], (max_res, max_res, s, s))
     local = jnp.stack([jnp.ones_like(xg), xg, yg], -1).reshape(max_res, max_res, s * s, 3)
-    dirs = local @ frame.T
+    # Elementwise rather than a (…, 3) @ (3, 3) matmul: XLA:CPU runs tiny batched dots slowly.
+    dirs = local[..., 0:1] * frame[:, 0] + local[..., 1:2] * frame[:, 1] + local[..., 2:3] * frame[:, 2]
     return dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
 
 
