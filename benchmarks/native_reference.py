@@ -190,7 +190,7 @@ class NativeEnvs:
         for _ in range(sc.frame_skip):
             mujoco.mj_step(m, d)
             contact |= d.ncon > 0
-        mujoco.mj_kinematics(m, d)  # poses after the last sub-step, as the JAX env's kinematics
+        mujoco.mj_kinematics(m, d)  # the eyes see the poses after the last sub-step, as in the JAX env
         t1 = time.perf_counter()
         self.seconds["physics"] += t1 - t0
 
