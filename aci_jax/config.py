@@ -99,7 +99,7 @@ def _validate_eyes(eyes, render, key: str) -> None:
         v = eyes.get(field)
         if v is None or len(v) != 2:
             raise ConfigError(f"{key}.{field}={v!r} must be a pair of numbers")
-    for i, v in enumerate(eyes.num_eyes):
+    for v in eyes.num_eyes:
         if int(v) != v or v < 1:
             raise ConfigError(f"{key}.num_eyes={list(eyes.num_eyes)}: counts must be integers >= 1")
     for v in eyes.resolution:

@@ -147,12 +147,13 @@ class Env:
         maze = (jax.random.randint(key_maze, (), 0, self.n_mazes) if self.cfg.maze_selection == "random"
                 else jnp.int32(0))
         data, info = self._new_episode(key_ep, maze)
-        info.update(rng=rng, eyes=eyes, episode=jnp.int32(0), last_action=jnp.zeros(2))
+        data = self._place_proxies(data, maze)
+        info.update(rng=rng, eyes=eyes)
         frame = self._observe(data, info, jnp.zeros(2), jnp.bool_(False))
         obs = jax.tree.map(lambda f: jnp.zeros((self.stack, *f.shape)).at[-1].set(f), frame)
         zero = jnp.float32(0.0)
         metrics = {k: zero for k in ("return", "length", "success", "failure", "contacts", "episode_done")}
-        info.update(truncation=zero, episode_metrics=dict(metrics))
+        info.update(truncation=zero)
         return State(data, obs, zero, zero, metrics, info)
 
     def step(self, state: State, action: jax.Array) -> State:
@@ -196,12 +197,9 @@ class Env:
         obs = jax.tree.map(
             lambda s, f: jnp.where(done, jnp.zeros_like(s).at[-1].set(f),
                                    jnp.concatenate([s[1:], f[None]], 0)), state.obs, frame)
-        info.update(rng=rng, last_action=last_action, truncation=(timeout & ~ctx.terminated & ~ctx.truncated
-                                                                  ).astype(jnp.float32),
-                    episode=info["episode"] + done, episode_metrics=ep)
-        metrics = {k: v for k, v in ep.items()}
+        info.update(rng=rng, truncation=(timeout & ~ctx.terminated & ~ctx.truncated).astype(jnp.float32))
         return state.replace(pipeline_state=data, obs=obs, reward=reward,
-                             done=done.astype(jnp.float32), metrics=metrics, info=info)
+                             done=done.astype(jnp.float32), metrics=ep, info=info)
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -250,7 +248,6 @@ class Env:
             o = self.world.objects[name]
             mocap = mocap.at[o.mocap].set(jnp.array([xy[b, 0], xy[b, 1], o.radius]))
         data = self._data0.replace(qpos=qpos, ctrl=ctrl, mocap_pos=mocap)
-        data = self._place_proxies(data, maze)
         table, counts, _ = self._wall_choices
         pick = jax.random.randint(k_tex, (table.shape[0],), 0, counts)
         info = dict(maze=maze, start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:],

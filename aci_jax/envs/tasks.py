@@ -103,7 +103,7 @@ STEP_FNS = ("respawn_on_reach",)  # implemented by the env, which owns spawning
 SECTIONS = {"rewards": REWARDS, "terminations": DONES, "truncations": DONES}
 
 
-def _bind(spec: Mapping[str, Any], registry: dict, objects: list[str], key: str) -> Callable:
+def _bind(spec: Mapping[str, Any], registry: dict, objects: list[str]) -> Callable:
     kwargs = dict(spec)
     fn = registry[kwargs.pop("fn")]
     if "target" in kwargs:
@@ -113,7 +113,7 @@ def _bind(spec: Mapping[str, Any], registry: dict, objects: list[str], key: str)
 
 def build_task(task: Mapping[str, Any], objects: list[str]):
     """(reward_fn, terminated_fn, truncated_fn) of a StepContext, composed from the config lists."""
-    parts = {name: [_bind(s, reg, objects, f"task.{name}.{k}") for k, s in (task.get(name) or {}).items()]
+    parts = {name: [_bind(s, reg, objects) for s in (task.get(name) or {}).values()]
              for name, reg in SECTIONS.items()}
 
     def any_of(fns):

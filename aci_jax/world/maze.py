@@ -83,15 +83,15 @@ class Maze:
                     j += 1
                 runs.append((i, j0, j, g))
                 j += 1
-        open_by_span: dict[tuple[int, int, str], list[int]] = {}
+        last_box: dict[tuple[int, int, str], int] = {}  # column span and group -> latest box
         boxes: list[list] = []
         for i, j0, j1, g in runs:
             key = (j0, j1, g)
-            prev = open_by_span.get(key)
-            if prev is not None and boxes[prev[0]][2] == i - 1:
-                boxes[prev[0]][2] = i
+            prev = last_box.get(key)
+            if prev is not None and boxes[prev][2] == i - 1:
+                boxes[prev][2] = i
             else:
-                open_by_span[key] = [len(boxes)]
+                last_box[key] = len(boxes)
                 boxes.append([i, j0, i, j1, g])
         return [WallBox(i0, j0, i1, j1, g) for i0, j0, i1, j1, g in boxes]
 
