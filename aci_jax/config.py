@@ -57,6 +57,24 @@ def validate(cfg: DictConfig) -> None:
         env = env_config(cfg, eval=variant)
         where = "eval_env" if variant and "eval_env" in cfg else "env"
         _validate_env(env, where)
+    if "train" in cfg:
+        for key, lo in (("checkpoint_every", 1), ("max_to_keep", 1), ("eval_every", 0), ("early_stop", 1)):
+            v = cfg.train.get(key)
+            if v is not None and not (isinstance(v, int) and v >= lo):
+                raise ConfigError(f"train.{key}={v!r} must be an integer >= {lo}"
+                                  + (" or null (no early stop)" if key == "early_stop" else ""))
+    if "trainer" in cfg:
+        from aci_jax.rl.ppo import PPOConfig  # late: imports jax
+
+        try:
+            PPOConfig.from_config(cfg.trainer)
+        except ValueError as e:
+            raise ConfigError(f"trainer: {e}") from None
+
+
+def trainable_agents(env: DictConfig) -> list[str]:
+    """Names of an env config's trainable point agents (a valid config has exactly one)."""
+    return [n for n, a in env.agents.items() if a.get("kind") == "point" and a.get("trainable", True)]
 
 
 def _validate_env(env: DictConfig, where: str) -> None:
@@ -71,7 +89,7 @@ def _validate_env(env: DictConfig, where: str) -> None:
     if not env.agents:
         raise ConfigError(f"{where}.agents is empty; add a point agent")
     agents = dict(env.agents)
-    trainable = [n for n, a in agents.items() if a.get("kind") == "point" and a.get("trainable", True)]
+    trainable = trainable_agents(env)
     for name, a in agents.items():
         if a.get("kind") not in AGENT_KINDS:
             raise ConfigError(f"{where}.agents.{name}.kind={a.get('kind')!r}; valid: {AGENT_KINDS}")

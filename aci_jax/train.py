@@ -1,18 +1,22 @@
 """`python -m aci_jax.train exp=detection [overrides]`: train one individual with PPO.
 
-The run folder (`run_dir`) holds `config.yaml`, `metrics.jsonl` (one line per iteration),
-`checkpoints/` (orbax, the whole TrainState every `train.checkpoint_every` iterations and at the
-end), `fitness.json` (deterministic evaluation on the eval env variant) and
-`plots/learning_curve.png`. Running again with the same `run_dir` resumes from its latest checkpoint.
+The run folder (`run_dir`) holds `config.yaml`; `metrics.jsonl` (one line per iteration) and
+`evaluations.jsonl` (one line per evaluation on the eval env variant, every `train.eval_every`
+iterations); TensorBoard events in `tb/`; `checkpoints/` (orbax, the whole TrainState every
+`train.checkpoint_every` iterations and at the end) and `best/` (the parameters of the best
+evaluation); and at the end `fitness.json` (the best parameters' evaluation), `plots/` and `videos/`.
+Running again with the same `run_dir` resumes from its latest checkpoint. `trainer.mode=test` skips
+training and writes a synthetic fitness of the eyes (for testing evolution).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import jax
@@ -20,58 +24,46 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, validate
-from aci_jax.envs.env import make_env
+from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents, validate
+from aci_jax.envs.env import Env, make_env
+from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
-from aci_jax.rl.fitness import fitness
+from aci_jax.rl.evaluation import make_evaluate, make_recorder, summarize, write_videos
+from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-_BUILT: dict[str, tuple] = {}  # config yaml -> (ppo, evaluate): equal configs share compilations
+_BUILT: dict[str, "Built"] = {}  # config yaml -> Built: equal configs share compilations
 
 
 class TrainingDiverged(RuntimeError):
     """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
 
 
-def build(cfg: DictConfig) -> tuple[PPO, Any]:
-    """PPO on the training env and a jitted `evaluate(params, eyes, key) -> returns` (cached)."""
-    key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["env", "eval_env", "trainer", "train"])
-                            if "eval_env" in cfg else OmegaConf.masked_copy(cfg, ["env", "trainer", "train"]))
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """The compiled pieces of a config: PPO on the training env, evaluation on the eval env."""
+
+    ppo: PPO
+    eval_env: Env
+    evaluate: Callable  # jitted (params, eyes, key) -> per-episode {return, success, failure}
+    record: Callable  # jitted (params, eyes, key) -> frames of one env's evaluation episodes
+
+
+def build(cfg: DictConfig) -> Built:
+    """PPO, evaluation and recording functions of a config (cached by the config)."""
+    key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in ("env", "eval_env", "trainer", "train")
+                                                        if k in cfg]))
     if key not in _BUILT:
         try:
             ppo = PPO(make_env(cfg), cfg.trainer)
         except ValueError as e:  # bad trainer values
             raise ConfigError(f"trainer: {e}") from None
+        eval_env = make_env(cfg, eval=True)
         n_eval = int(cfg.train.get("eval_envs") or cfg.env.n_envs)
-        _BUILT[key] = ppo, jax.jit(make_evaluate(ppo, make_env(cfg, eval=True), n_eval))
+        _BUILT[key] = Built(ppo, eval_env, jax.jit(make_evaluate(ppo, eval_env, n_eval)),
+                            jax.jit(make_recorder(ppo, eval_env, int(cfg.env.render.view_size))))
     return _BUILT[key]
-
-
-def make_evaluate(ppo: PPO, env, n_envs: int):
-    """`evaluate(params, eyes, key) -> (n_envs, n_mazes)` returns of the deterministic policy: each
-    env plays one episode per maze (the `cycle` schedule) in a `lax.scan`."""
-    m = env.n_mazes
-    steps = m * int(env.cfg.max_episode_steps)
-
-    def evaluate(params, eyes, key):
-        act = ppo.make_policy(params, eyes, deterministic=True)
-        state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, n_envs), eyes)
-
-        def step(carry, _):
-            state, returns, count = carry
-            state = jax.vmap(env.step)(state, act(state.obs))
-            done = (state.metrics["episode_done"] > 0) & (count < m)
-            rows = jnp.arange(n_envs)
-            slot = jnp.minimum(count, m - 1)
-            returns = returns.at[rows, slot].set(jnp.where(done, state.metrics["return"], returns[rows, slot]))
-            return (state, returns, count + done), None
-
-        init = (state, jnp.full((n_envs, m), jnp.nan), jnp.zeros(n_envs, jnp.int32))
-        (_, returns, _), _ = jax.lax.scan(step, init, None, length=steps)
-        return returns
-
-    return evaluate
 
 
 @jax.jit
@@ -88,6 +80,39 @@ def _jsonable(m: dict) -> dict:
     return out
 
 
+class RunLog:
+    """metrics.jsonl, evaluations.jsonl and TensorBoard events of a run, continued on resume.
+
+    Lines beyond the resumed checkpoint (written after it by a killed run) are dropped, so the logs
+    read as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, env_steps: int):
+        from tensorboardX import SummaryWriter
+
+        self.paths = {"train": run_dir / "metrics.jsonl", "eval": run_dir / "evaluations.jsonl"}
+        self.rows = {name: [r for r in _read_jsonl(p) if r["env_steps"] <= env_steps] for name, p in self.paths.items()}
+        for name, p in self.paths.items():
+            p.write_text("".join(json.dumps(r) + "\n" for r in self.rows[name]))
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
+
+    def write(self, name: str, row: dict) -> None:
+        self.rows[name].append(row)
+        with open(self.paths[name], "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "env_steps" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.tb.add_scalar(f"{name}/{k}", v, row["env_steps"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
 def _start(cfg: DictConfig, ppo: PPO, mngr) -> TrainState:
     """Latest checkpoint of this run, else `train.model_path`, else a fresh init."""
     ts = ppo.jit_init(jax.random.PRNGKey(int(cfg.seed)))
@@ -96,84 +121,153 @@ def _start(cfg: DictConfig, ppo: PPO, mngr) -> TrainState:
         ts = checkpoint.restore(mngr, step, ts)
         print(f"[train] resuming from step {step:,} (iteration {int(ts.iteration)})")
     elif cfg.train.get("model_path"):
-        ts, step = checkpoint.load(cfg.train.model_path, ts)
-        print(f"[train] starting from {cfg.train.model_path} (step {step:,})")
+        try:
+            params, step = checkpoint.load_params(cfg.train.model_path, ts.params)
+        except ConfigError as e:
+            raise ConfigError(f"train.model_path: {e}") from None
+        ts = ts.replace(params=params)
+        print(f"[train] starting from the parameters of {cfg.train.model_path} (step {step:,})")
     return ts
 
 
-def _log_line(m: dict, it: int, n_it: int, rate: float, eta: float) -> str:
-    ret, succ = m.get("episode_return"), m.get("episode_success")
+def _since_best(evals: list[dict]) -> tuple[float, int]:
+    """(best mean eval return, evaluations since it) of an evaluation log."""
+    best, since = -math.inf, 0
+    for r in evals:
+        best, since = (r["mean_return"], 0) if r["mean_return"] > best else (best, since + 1)
+    return best, since
+
+
+def _log_line(m: dict, it: int, n_it: int, rate: float, eta: float, evals: list[dict]) -> str:
     f = lambda v: "  n/a" if v is None else f"{v:5.2f}"
-    return (f"[train] it {it}/{n_it} | steps {m['env_steps']:,} | {rate:,.0f} steps/s | return {f(ret)} | "
-            f"success {f(succ)} | ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta, 0)))}")
+    line = (f"[train] it {it}/{n_it} | steps {m['env_steps']:,} | {rate:,.0f} steps/s | return "
+            f"{f(m.get('episode_return'))} | success {f(m.get('episode_success'))}")
+    if evals:
+        line += f" | eval return {f(evals[-1]['mean_return'])} success {f(evals[-1]['success_rate'])}"
+    return line + f" | ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta, 0)))}"
 
 
 def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None) -> dict:
     """Train (or resume) in `run_dir`; stop early after `stop_after` iterations of this call.
-    Returns {'state', 'fitness' (None when stopped early), 'iterations' (done in this call)}."""
+    Returns {'state', 'fitness' (None when stopped before the end), 'iterations' (done in this call)}."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    ppo, evaluate = build(cfg)
-    mngr = checkpoint.manager(run_dir / "checkpoints", int(cfg.train.max_to_keep))
+    if cfg.trainer.get("mode", "ppo") == "test":
+        return test_run(cfg, run_dir)
+    b = build(cfg)
+    ppo, t = b.ppo, cfg.train
+    mngr = checkpoint.manager(run_dir / "checkpoints", int(t.max_to_keep))
+    best_mngr = checkpoint.manager(run_dir / "best", 1)
     ts = _start(cfg, ppo, mngr)
-    n_it, every = ppo.n_iterations, max(1, int(cfg.train.checkpoint_every))
+    log = RunLog(run_dir, int(ts.env_steps))
+    n_it, every, eval_every = ppo.n_iterations, max(1, int(t.checkpoint_every)), int(t.get("eval_every") or 0)
+    patience = t.get("early_stop")
+    stopped = lambda: patience is not None and _since_best(log.rows["eval"])[1] >= int(patience)
+    eval_key = jax.random.PRNGKey(int(cfg.seed) + 1)
     done, t_first, t0 = 0, None, time.perf_counter()
-    with open(run_dir / "metrics.jsonl", "a") as log:
-        while int(ts.iteration) < n_it and (stop_after is None or done < stop_after):
-            t = time.perf_counter()
+    try:
+        while int(ts.iteration) < n_it and not stopped() and (stop_after is None or done < stop_after):
+            t_it = time.perf_counter()
             new, metrics = ppo.jit_iteration(ts)
             if not bool(_finite(new, metrics)):
-                mngr.close()
                 raise TrainingDiverged(
                     f"NaN/inf in losses or params at iteration {int(new.iteration)}; not saved, the last "
                     f"good checkpoint is in {run_dir / 'checkpoints'} (step {mngr.latest_step()})")
             ts, done = new, done + 1
-            dt = time.perf_counter() - t
+            dt = time.perf_counter() - t_it
             t_first = t_first if t_first is not None else time.perf_counter()  # after the compile
-            m = _jsonable(metrics)
-            m["env_steps_per_s"] = ppo.batch_size / dt
-            m["iteration"] = it = int(ts.iteration)
-            log.write(json.dumps(m) + "\n")
-            log.flush()
+            m = {**_jsonable(metrics), "env_steps_per_s": ppo.batch_size / dt, "iteration": int(ts.iteration)}
+            log.write("train", m)
+            it = m["iteration"]
+            if eval_every and (it % eval_every == 0 or it == n_it):
+                _evaluate(b, ts, eval_key, log, best_mngr)
             per_it = (time.perf_counter() - t_first) / (done - 1) if done > 1 else dt
-            print(_log_line(m, it, n_it, m["env_steps_per_s"], per_it * (n_it - it)), flush=True)
-            if it % every == 0 or it == n_it:
+            print(_log_line(m, it, n_it, m["env_steps_per_s"], per_it * (n_it - it), log.rows["eval"]), flush=True)
+            if it % every == 0 or it == n_it or stopped():
                 checkpoint.save(mngr, int(ts.env_steps), ts)
-    mngr.close()
-    result = {"state": ts, "iterations": done, "fitness": None}
-    if int(ts.iteration) >= n_it:
-        result["fitness"] = write_fitness(evaluate, ts, cfg, run_dir)
-        plot_learning_curve(run_dir)
+        result = {"state": ts, "iterations": done, "fitness": None}
+        if int(ts.iteration) >= n_it or stopped():
+            if stopped():
+                print(f"[train] early stop: {patience} evaluations without improvement")
+            result["fitness"] = finish(b, ts, cfg, run_dir, best_mngr, log)
+    finally:
+        mngr.close()
+        best_mngr.close()
+        log.close()
     print(f"[train] {done} iterations in {time.perf_counter() - t0:.1f} s; run folder {run_dir}")
     return result
 
 
-def write_fitness(evaluate, ts: TrainState, cfg: DictConfig, run_dir: Path) -> float:
-    """Evaluate the deterministic policy on the eval env; fitness.json with its returns."""
-    returns = np.asarray(evaluate(ts.params, ts.eyes, jax.random.PRNGKey(int(cfg.seed) + 1)))
-    fit = fitness(returns)
+def _evaluate(b: Built, ts: TrainState, key: jax.Array, log: RunLog, best_mngr) -> None:
+    """Evaluate the current parameters; keep them in `best/` when their mean return is the best yet."""
+    s = summarize(b.evaluate(ts.params, ts.eyes, key))
+    best, _ = _since_best(log.rows["eval"])
+    log.write("eval", {"env_steps": int(ts.env_steps), **{k: v for k, v in s.items() if k != "returns"}})
+    if s["mean_return"] > best:
+        checkpoint.save(best_mngr, int(ts.env_steps), {"params": ts.params})
+
+
+def best_params(run_dir: Path, like: Any) -> tuple[Any, int] | None:
+    """(params, env steps) of a run's best evaluation, or None when it has none yet."""
+    if not checkpoint.manager(run_dir / "best", None).all_steps():
+        return None
+    return checkpoint.load_params(run_dir / "best", like)
+
+
+def finish(b: Built, ts: TrainState, cfg: DictConfig, run_dir: Path, best_mngr, log: RunLog) -> float:
+    """Fitness of the best parameters (the last ones when never evaluated), videos and plots."""
+    best_mngr.wait_until_finished()
+    best = best_params(run_dir, ts.params)
+    params, step, which = (ts.params, int(ts.env_steps), "last") if best is None else (*best, "best")
+    report = write_evaluation(b, params, ts.eyes, cfg, run_dir, step, which)
+    plot_learning_curve(run_dir)
+    return report["fitness"]
+
+
+def write_evaluation(b: Built, params, eyes: EyeParams, cfg: DictConfig, run_dir: Path, step: int,
+                     which: str, name: str = "fitness.json") -> dict:
+    """Evaluate `params` (the run's `which` parameters, from env step `step`); write the report
+    `name` (fitness, rates, returns) and one video per maze into `videos/`."""
+    key = jax.random.PRNGKey(int(cfg.seed) + 1)
+    report = {"params": which, "env_steps": step, **summarize(b.evaluate(params, eyes, key))}
+    (run_dir / name).write_text(json.dumps(report, indent=1))
+    videos = write_videos(b.record(params, eyes, key), eyes, b.eval_env, run_dir / "videos",
+                          f"{which}_{step}", fps=int(cfg.rollout.fps))
+    print(f"[eval] {which} parameters (step {step:,}): fitness {report['fitness']:.3f}, mean return "
+          f"{report['mean_return']:.3f}, success {report['success_rate']:.2f}, failure "
+          f"{report['failure_rate']:.2f} over {report['episodes']} episodes; videos {[str(v) for v in videos]}")
+    return report
+
+
+def test_run(cfg: DictConfig, run_dir: Path) -> dict:
+    """`trainer.mode=test`: the synthetic fitness of the configured eyes, without training."""
+    eyes_cfg = cfg.env.agents[trainable_agents(cfg.env)[0]].eyes
+    fit = float(synthetic_fitness(EyeParams.from_config(eyes_cfg)))
     (run_dir / "fitness.json").write_text(json.dumps(
-        {"fitness": fit, "env_steps": int(ts.env_steps), "returns": returns.tolist()}, indent=1))
-    print(f"[train] fitness {fit:.3f} from {returns.size} evaluation episodes "
-          f"(mean return {np.nanmean(returns):.3f})")
-    return fit
+        {"fitness": fit, "mode": "test", "eyes": OmegaConf.to_container(eyes_cfg)}, indent=1))
+    print(f"[train] test mode: synthetic fitness {fit:.4f}; run folder {run_dir}")
+    return {"state": None, "iterations": 0, "fitness": fit}
 
 
 def plot_learning_curve(run_dir: Path) -> Path:
-    """plots/learning_curve.png: mean episode return and success rate vs env steps."""
+    """plots/learning_curve.png: training and evaluation return and success rate vs env steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    x = [r["env_steps"] for r in rows]
+    train, evals = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "evaluations.jsonl")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key, label in zip(axes, ("episode_return", "episode_success"), ("mean return", "success rate")):
-        ax.plot(x, [np.nan if r.get(key) is None else r[key] for r in rows], ".-")
+    for ax, (tk, ek, label) in zip(axes, [("episode_return", "mean_return", "mean return"),
+                                          ("episode_success", "success_rate", "success rate")]):
+        ax.plot([r["env_steps"] for r in train], [np.nan if r.get(tk) is None else r[tk] for r in train],
+                ".-", ms=3, label="training episodes")
+        if evals:
+            ax.plot([r["env_steps"] for r in evals], [r[ek] for r in evals], "o-", label="evaluation")
         ax.set(xlabel="env steps", ylabel=label)
         ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     path = run_dir / "plots" / "learning_curve.png"
     path.parent.mkdir(exist_ok=True)

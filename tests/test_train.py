@@ -1,6 +1,12 @@
-"""Training runs: resume equals an uninterrupted run, clear errors, NaN stop, fitness as ACI."""
+"""Training runs: resume equals an uninterrupted run, clear errors, NaN stop, fitness as ACI,
+periodic evaluation with best parameters and early stop, the eval command, test mode."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -9,13 +15,16 @@ import pytest
 import aci_jax
 from aci_jax.config import ConfigError
 from aci_jax.rl import checkpoint
-from aci_jax.rl.fitness import fitness, remove_outliers
+from aci_jax import eval as eval_cmd
+from aci_jax.eyes.geometry import EyeParams
+from aci_jax.rl.fitness import TEST_OPTIMUM, fitness, remove_outliers, synthetic_fitness
 from aci_jax.train import TrainingDiverged, train_run
 
-# 3 iterations of 4 envs x 8 steps; 2x2 eye, short episodes.
+# 3 iterations of 4 envs x 8 steps; 2x2 eye, short episodes; evaluation after every iteration.
 TINY = ["env.agents.agent.eyes.resolution=[2,2]", "env.render.supersample=1", "env.n_envs=4",
         "env.max_episode_steps=16", "env.frame_stack=2", "trainer.n_steps=8", "trainer.n_minibatches=2",
-        "trainer.n_epochs=1", "trainer.total_timesteps=96", "train.checkpoint_every=1"]
+        "trainer.n_epochs=1", "trainer.total_timesteps=96", "train.checkpoint_every=1", "train.eval_every=1",
+        "train.eval_envs=4", "env.render.view_size=32"]
 
 
 def _cfg(*extra):
@@ -42,12 +51,63 @@ def test_run_folder(full_run):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == [32, 64, 96]
     assert {"env_steps_per_s", "episode_return", "episode_success", "policy_loss", "entropy"} <= set(rows[0])
+    evals = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in evals] == [32, 64, 96]
+    assert all(0 <= r["success_rate"] <= 1 and 0 <= r["failure_rate"] <= 1 for r in evals)
+    best = max(evals, key=lambda r: r["mean_return"])  # the first of equals
+    assert checkpoint.manager(run_dir / "best").all_steps() == [best["env_steps"]]
     fit = json.loads((run_dir / "fitness.json").read_text())
+    assert fit["params"] == "best" and fit["env_steps"] == best["env_steps"]
     assert fit["fitness"] == result["fitness"] == fitness(fit["returns"])
+    assert fit["mean_return"] == pytest.approx(best["mean_return"])  # same start states every time
     assert np.shape(fit["returns"]) == (4, 1)  # 4 eval envs x 1 maze
-    for name in ("config.yaml", "plots/learning_curve.png"):
+    for name in ("config.yaml", "plots/learning_curve.png", f"videos/best_{best['env_steps']}_OPEN.mp4"):
         assert (run_dir / name).is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert checkpoint.manager(run_dir / "checkpoints").all_steps() == [32, 64, 96]  # max_to_keep 3
+
+
+def test_eval_command_writes_report_summary_and_videos(full_run):
+    run_dir, _ = full_run
+    fit = json.loads((run_dir / "fitness.json").read_text())
+    best = eval_cmd.main([f"run_dir={run_dir}"])
+    assert best["params"] == "best" and best["returns"] == fit["returns"]
+    last = eval_cmd.main([f"run_dir={run_dir}", "eval.params=last"])
+    assert last["params"] == "last" and last["env_steps"] == 96
+    assert json.loads((run_dir / "eval.json").read_text())["params"] == "last"
+    assert "last parameters from env step 96" in (run_dir / "eval_summary.txt").read_text()
+    assert (run_dir / "videos/last_96_OPEN.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [([], "run_dir=... is required"),
+                                           (["run_dir=/nowhere"], "no config.yaml"),
+                                           (["eval.params=worst"], "eval.params='worst'; valid")])
+def test_eval_command_errors(full_run, argv, message):
+    if argv and argv[0].startswith("eval."):
+        argv = [f"run_dir={full_run[0]}", *argv]
+    with pytest.raises(SystemExit, match=message):
+        eval_cmd.main(argv)
+
+
+def test_early_stop_after_evaluations_without_improvement(tmp_path, capsys):
+    """Frozen parameters (learning rate 0) never improve: patience 1 stops after the 2nd evaluation."""
+    result = train_run(_cfg("trainer.learning_rate=0.0", "train.early_stop=1"), tmp_path)
+    assert result["iterations"] == 2 and result["fitness"] is not None
+    assert "early stop" in capsys.readouterr().out
+    assert len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == 2
+    assert train_run(_cfg("trainer.learning_rate=0.0", "train.early_stop=1"), tmp_path)["iterations"] == 0
+
+
+def test_test_mode_gives_synthetic_fitness_without_training(tmp_path):
+    result = train_run(_cfg("trainer.mode=test"), tmp_path)
+    eyes = EyeParams.from_config(_cfg().env.agents.agent.eyes)
+    assert result["fitness"] == pytest.approx(float(synthetic_fitness(eyes)))
+    assert json.loads((tmp_path / "fitness.json").read_text())["mode"] == "test"
+    assert not (tmp_path / "checkpoints").exists()
+    best = eyes.replace(**{k: np.array(v) for k, v in TEST_OPTIMUM.items()})
+    assert float(synthetic_fitness(best)) == 0.0 > result["fitness"]
+    with pytest.raises(ConfigError, match="trainer.mode='train'; valid"):
+        _cfg("trainer.mode=train")
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(full_run, tmp_path, capsys):
@@ -68,8 +128,30 @@ def test_model_path_missing_or_incompatible(full_run, tmp_path):
     with pytest.raises(ConfigError, match="nowhere.*does not exist"):
         train_run(_cfg(f"train.model_path={missing}"), tmp_path / "a")
     other = _cfg(f"train.model_path={full_run[0]}", "trainer.network.features=8")
-    with pytest.raises(ConfigError, match=f"{full_run[0].name}.*not a compatible checkpoint"):
+    with pytest.raises(ConfigError, match=f"model_path.*{full_run[0].name}.*not a compatible checkpoint"):
         train_run(other, tmp_path / "b")
+
+
+def test_killed_mid_run_resumes_from_last_good_checkpoint(full_run, tmp_path, capsys):
+    """SIGKILL a training process once it has written a checkpoint; the same command resumes and
+    reaches the uninterrupted run's parameters, with logs reading as one run."""
+    args = [sys.executable, "-m", "aci_jax.train", "exp=detection", f"run_dir={tmp_path}", *TINY]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        while checkpoint.manager(tmp_path / "checkpoints").latest_step() is None and proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed = train_run(_cfg(), tmp_path)
+    assert "resuming from step" in capsys.readouterr().out
+    assert int(resumed["state"].env_steps) == 96
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 full_run[1]["state"].params, resumed["state"].params)
+    for name in ("metrics.jsonl", "evaluations.jsonl"):
+        rows = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        assert [r["env_steps"] for r in rows] == [32, 64, 96]
 
 
 def test_nan_stops_without_saving(tmp_path):

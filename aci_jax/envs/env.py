@@ -74,6 +74,11 @@ class Env:
         self.stack = int(env_cfg.frame_stack)
         self._reward, self._terminated, self._truncated = build_task(env_cfg.task, self.object_names)
         self._step_fns = [dict(s) for s in (env_cfg.task.get("step_fns") or {}).values()]
+        # Respawn tasks (detection's eval variant) never end on reaching: the first object reached
+        # decides the episode's success (the first respawn target) or failure (any other).
+        respawn = [spec for spec in self._step_fns if spec["fn"] == "respawn_on_reach"]
+        self._reach_targets = ([self.object_names.index(t) for t in respawn[0]["targets"]],
+                               float(respawn[0].get("distance", 1.0))) if respawn else None
         self.spawn = self._spawn_table()
         self.grids = self._maze_grids()
         self._wall_choices = self._wall_material_choices()
@@ -175,8 +180,11 @@ class Env:
 
         rng, key_hook, key_reset = jax.random.split(info["rng"], 3)
         data = self._run_step_fns(data, ctx, info["maze"], key_hook)
+        first = jnp.where(info["first_reach"] > 0, info["first_reach"], self._reached_target(ctx))
+        success = ctx.terminated | (done & (first == 1))
+        failure = ctx.truncated | (done & (first > 1))
         ep = {"return": info["return"] + reward, "length": ctx.step.astype(jnp.float32),
-              "success": ctx.terminated.astype(jnp.float32), "failure": ctx.truncated.astype(jnp.float32),
+              "success": success.astype(jnp.float32), "failure": failure.astype(jnp.float32),
               "contacts": info["contacts"] + contact, "episode_done": done.astype(jnp.float32)}
 
         # Auto-reset: a finished episode continues as a fresh one, chosen by the maze schedule.
@@ -185,7 +193,7 @@ class Env:
         new_data, new_info = self._new_episode(key_reset, next_maze)
         cont_info = dict(maze=info["maze"], start_pos=info["start_pos"], prev_pos=pos,
                          prev_objects=self._object_xy(data), step=ctx.step, wall_material=info["wall_material"],
-                         **{"return": ep["return"], "contacts": ep["contacts"]})
+                         first_reach=first, **{"return": ep["return"], "contacts": ep["contacts"]})
         pick = lambda a, b: jnp.where(done, a, b)
         # Only the state fields differ: everything else is recomputed by the next mjx.step.
         data = data.replace(**{f: pick(getattr(new_data, f), getattr(data, f)) for f in RESET_FIELDS})
@@ -252,6 +260,7 @@ class Env:
         pick = jax.random.randint(k_tex, (table.shape[0],), 0, counts)
         info = dict(maze=maze, start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:],
                     step=jnp.int32(0), wall_material=table[jnp.arange(table.shape[0]), pick],
+                    first_reach=jnp.int32(0),
                     **{"return": jnp.float32(0.0), "contacts": jnp.float32(0.0)})
         return data, info
 
@@ -285,6 +294,14 @@ class Env:
                 data = self._respawn_on_reach(data, ctx, maze, k, list(spec["targets"]),
                                               float(spec.get("distance", 1.0)))
         return data
+
+    def _reached_target(self, ctx: StepContext) -> jax.Array:
+        """1 + the index (in the respawn targets) of the first one within reach this step; 0: none."""
+        if self._reach_targets is None:
+            return jnp.int32(0)
+        targets, distance = self._reach_targets
+        hit = jnp.stack([ctx.distance(t) < distance for t in targets])
+        return jnp.where(hit.any(), jnp.argmax(hit) + 1, 0).astype(jnp.int32)
 
     def _respawn_on_reach(self, data, ctx, maze, key, targets, distance):
         bodies = [1 + self.object_names.index(t) for t in targets]

@@ -46,12 +46,29 @@ def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
     return tree.unflatten([next(names) if np.size(x) else x for _, x in paths])
 
 
-def load(path: str | Path, like: Any) -> tuple[Any, int]:
-    """Load a `model_path`: a run folder, its `checkpoints/` folder (latest step) or one step's
-    folder. (state, step); ConfigError naming the path when missing or incompatible."""
+def load_params(path: str | Path, like: Any) -> tuple[Any, int]:
+    """(params, step): only the `params` (structured like `like`) of a checkpoint of a TrainState or
+    of `{'params': ...}` (best/), so the env state's layout may differ. `path`: a run folder, its
+    `checkpoints/` (latest step) or one step's folder; ConfigError naming it when missing or
+    incompatible."""
+    def pick(mngr, step):
+        flat = mngr.restore(int(step), args=ocp.args.StandardRestore())
+        names = _flat({"params": like})
+        for k, x in names.items():
+            if k not in flat or np.shape(flat[k]) != np.shape(x):
+                found = np.shape(flat[k]) if k in flat else "nothing"
+                raise ValueError(f"parameter {k!r}: expected shape {np.shape(x)}, found {found}")
+        paths, tree = jax.tree_util.tree_flatten_with_path({"params": like})
+        values = iter(flat[k] for k in names)
+        return tree.unflatten([next(values) if np.size(x) else x for _, x in paths])["params"]
+
+    return _load(path, pick)
+
+
+def _load(path: str | Path, read) -> tuple[Any, int]:
     path = Path(path).expanduser().absolute()
     if not path.exists():
-        raise ConfigError(f"model_path {str(path)!r} does not exist")
+        raise ConfigError(f"checkpoint path {str(path)!r} does not exist")
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     mngr = None
@@ -62,12 +79,12 @@ def load(path: str | Path, like: Any) -> tuple[Any, int]:
             mngr = manager(path, None)
             step = mngr.latest_step()
         if step is None:
-            raise ConfigError(f"model_path {str(path)!r} holds no checkpoint")
-        return restore(mngr, step, like), step
+            raise ConfigError(f"checkpoint path {str(path)!r} holds no checkpoint")
+        return read(mngr, step), step
     except ConfigError:
         raise
     except Exception as e:  # orbax: missing keys, shape or dtype mismatch, not a checkpoint
-        raise ConfigError(f"model_path {str(path)!r} is not a compatible checkpoint of this "
+        raise ConfigError(f"checkpoint path {str(path)!r} is not a compatible checkpoint of this "
                           f"config ({type(e).__name__}: {str(e)[:300]})") from None
     finally:
         if mngr is not None:

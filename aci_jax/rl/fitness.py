@@ -1,8 +1,10 @@
 """Fitness of an individual from its evaluation returns, as ACI: drop 1.5-IQR outliers, then the
-median of the top 25 %."""
+median of the top 25 %; and test mode's synthetic fitness of the eye parameters."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -23,3 +25,17 @@ def fitness(returns) -> float:
     if r.size == 0:
         return float("-inf")
     return float(np.median(r[r >= np.percentile(r, 75)]))
+
+
+# Test mode's optimum: ACI's detection result, about two forward-facing eyes of about 15x15 pixels.
+TEST_OPTIMUM = {"num_eyes": (1.0, 2.0), "resolution": (15.0, 15.0), "fov": (45.0, 45.0)}
+
+
+def synthetic_fitness(eyes) -> jax.Array:
+    """Test mode (`trainer.mode=test`): a smooth function of the eye parameters, no training, so the
+    evolution loop can be tested in seconds. Highest (0) at TEST_OPTIMUM; minus the squared log2
+    distances of eye counts and resolutions and the squared relative fov error. Vmaps over EyeParams."""
+    log_err = lambda x, opt: jnp.sum((jnp.log2(jnp.asarray(x, jnp.float32)) - jnp.log2(jnp.array(opt))) ** 2)
+    fov_err = jnp.sum(((eyes.fov - jnp.array(TEST_OPTIMUM["fov"])) / jnp.array(TEST_OPTIMUM["fov"])) ** 2)
+    return -(log_err(eyes.num_eyes, TEST_OPTIMUM["num_eyes"]) + log_err(eyes.resolution, TEST_OPTIMUM["resolution"])
+             + fov_err)

@@ -35,6 +35,7 @@ EPISODE_METRICS = ("return", "success", "failure", "length")
 class PPOConfig:
     """Hyper-parameters (`configs/trainer/ppo.yaml`); see that file for the choices."""
 
+    mode: str = "ppo"  # ppo | test (no training: a synthetic fitness of the eyes, see train.py)
     total_timesteps: int = 1_000_000
     n_steps: int = 128
     n_minibatches: int = 32
@@ -58,8 +59,9 @@ class PPOConfig:
         unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown trainer key(s) {sorted(unknown)}")
-        if cfg.get("lr_schedule", cls.lr_schedule) not in ("constant", "linear"):
-            raise ValueError(f"trainer.lr_schedule={cfg['lr_schedule']!r}; valid: 'constant', 'linear'")
+        for key, valid in (("mode", ("ppo", "test")), ("lr_schedule", ("constant", "linear"))):
+            if cfg.get(key, getattr(cls, key)) not in valid:
+                raise ValueError(f"trainer.{key}={cfg[key]!r}; valid: {list(valid)}")
         for f in dataclasses.fields(cls):  # YAML numbers such as 1e6 arrive as floats
             if isinstance(f.default, (int, float)) and f.name in cfg:
                 cfg[f.name] = type(f.default)(cfg[f.name])

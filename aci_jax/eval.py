@@ -1,0 +1,104 @@
+"""`python -m aci_jax.eval run_dir=RUN [eval.params=best|last] [eval.viewer=true] [overrides]`.
+
+Evaluates a finished or running run (ACI's `eval.sh`): loads its best (or last) parameters, plays
+the evaluation episodes on the eval env variant and writes into the run folder `eval.json` (fitness,
+success and failure rates, returns), `eval_summary.txt` and one video per maze in `videos/` (bird's-eye
+view beside the eye mosaic). With `eval.viewer=true` and a display, one env also plays live in
+MuJoCo's viewer. Further `key=value` overrides apply on top of the run's own config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from omegaconf import OmegaConf
+
+from aci_jax.config import CONFIG_DIR, ConfigError, validate
+from aci_jax.rl import checkpoint
+from aci_jax.train import Built, best_params, build, write_evaluation
+
+PARAMS = ("best", "last")
+
+
+def load_run_config(argv: list[str]):
+    """The run's config.yaml with the default `eval` section and the command-line overrides."""
+    cli = OmegaConf.from_dotlist(argv)
+    if not cli.get("run_dir"):
+        raise ConfigError("run_dir=... is required: the run folder to evaluate")
+    run_dir = Path(cli.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds no config.yaml: not a run folder")
+    defaults = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), ["eval"])
+    cfg = OmegaConf.merge(defaults, OmegaConf.load(run_dir / "config.yaml"), cli)
+    if cfg.eval.params not in PARAMS:
+        raise ConfigError(f"eval.params={cfg.eval.params!r}; valid: {list(PARAMS)}")
+    validate(cfg)
+    return cfg, run_dir
+
+
+def load_params(b: Built, cfg, run_dir: Path) -> tuple:
+    """(params, env steps, eyes, 'best' | 'last'): the best evaluation's parameters when asked for
+    and present, else the latest checkpoint's."""
+    like = jax.eval_shape(b.ppo.init, jax.random.PRNGKey(0)).params
+    like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
+    eyes = b.ppo.env.default_eyes
+    if cfg.eval.params == "best":
+        best = best_params(run_dir, like)
+        if best is not None:
+            return *best, eyes, "best"
+        print("[eval] no evaluation saved best parameters yet; using the last checkpoint")
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"run_dir={str(run_dir)!r} has no checkpoints/ yet")
+    return *checkpoint.load_params(run_dir, like), eyes, "last"
+
+
+def show_in_viewer(b: Built, params, eyes, key: jax.Array, fps: float = 10.0) -> None:
+    """Play one evaluation env live in MuJoCo's passive viewer, posed from the MJX state each step."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        print("[eval] no display: skipping the viewer")
+        return
+    import mujoco
+    import mujoco.viewer
+
+    env = b.eval_env
+    model, data = env.world.model, mujoco.MjData(env.world.model)
+    act = b.ppo.make_policy(params, eyes, deterministic=True)
+    step = jax.jit(lambda s: env.step(s, act(s.obs)))
+    state = jax.jit(env.reset)(key, eyes)
+    with mujoco.viewer.launch_passive(model, data) as viewer:
+        for _ in range(env.n_mazes * int(env.cfg.max_episode_steps)):
+            if not viewer.is_running():
+                break
+            data.qpos[:], data.mocap_pos[:] = np.asarray(state.pipeline_state.qpos), np.asarray(state.pipeline_state.mocap_pos)
+            mujoco.mj_forward(model, data)
+            viewer.sync()
+            time.sleep(1 / fps)
+            state = step(state)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    try:
+        cfg, run_dir = load_run_config(sys.argv[1:] if argv is None else argv)
+        b = build(cfg)
+        params, step, eyes, which = load_params(b, cfg, run_dir)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    report = write_evaluation(b, params, eyes, cfg, run_dir, step, which, name="eval.json")
+    summary = (f"run {run_dir} ({cfg.expname}), {which} parameters from env step {step:,}\n"
+               f"fitness {report['fitness']:.3f} | mean return {report['mean_return']:.3f} | success rate "
+               f"{report['success_rate']:.3f} | failure rate {report['failure_rate']:.3f} | "
+               f"{report['episodes']} episodes on the eval env\n")
+    (run_dir / "eval_summary.txt").write_text(summary)
+    print(summary, end="")
+    if cfg.eval.viewer:
+        show_in_viewer(b, params, eyes, jax.random.PRNGKey(int(cfg.seed) + 1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Evaluating a policy on the eval env variant: episode statistics, fitness and videos.
+
+`make_evaluate` plays one deterministic episode per maze in each of `n_envs` envs (ACI's "one episode
+per maze", with more envs for a steadier estimate); `make_recorder` plays the same episodes in one env
+and renders each step (bird's-eye view and the eye images) for `write_videos`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aci_jax.rl.fitness import fitness
+from aci_jax.viz import birdseye, eye_mosaic, side_by_side, write_video
+
+EVAL_METRICS = ("return", "success", "failure")
+
+
+def make_evaluate(ppo, env, n_envs: int):
+    """`evaluate(params, eyes, key) -> {return, success, failure}`, each (n_envs, n_mazes): the
+    deterministic policy plays one episode per maze (the `cycle` schedule) in a `lax.scan`."""
+    m = env.n_mazes
+    steps = m * int(env.cfg.max_episode_steps)
+
+    def evaluate(params, eyes, key):
+        act = ppo.make_policy(params, eyes, deterministic=True)
+        state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, n_envs), eyes)
+
+        def step(carry, _):
+            state, out, count = carry
+            state = jax.vmap(env.step)(state, act(state.obs))
+            done = (state.metrics["episode_done"] > 0) & (count < m)
+            rows, slot = jnp.arange(n_envs), jnp.minimum(count, m - 1)
+            out = {k: v.at[rows, slot].set(jnp.where(done, state.metrics[k], v[rows, slot]))
+                   for k, v in out.items()}
+            return (state, out, count + done), None
+
+        out = {k: jnp.full((n_envs, m), jnp.nan) for k in EVAL_METRICS}
+        (_, out, _), _ = jax.lax.scan(step, (state, out, jnp.zeros(n_envs, jnp.int32)), None, length=steps)
+        return out
+
+    return evaluate
+
+
+def summarize(results: dict) -> dict:
+    """Fitness (ACI) and means of an evaluation's per-episode arrays, with the returns themselves."""
+    r = {k: np.asarray(v, np.float64) for k, v in results.items()}
+    return {"fitness": fitness(r["return"]), "mean_return": float(np.nanmean(r["return"])),
+            "success_rate": float(np.nanmean(r["success"])), "failure_rate": float(np.nanmean(r["failure"])),
+            "episodes": int(np.isfinite(r["return"]).sum()), "returns": r["return"].tolist()}
+
+
+def make_recorder(ppo, env, view_size: int):
+    """`record(params, eyes, key) -> (birdseye (T, S, S, 3), eyes (T, E, R, R, 3), done (T,),
+    maze (T,))` for one env playing one deterministic episode per maze."""
+    steps = env.n_mazes * int(env.cfg.max_episode_steps)
+
+    def record(params, eyes, key):
+        act = ppo.make_policy(params, eyes, deterministic=True)
+
+        def step(state, _):
+            data, info = state.pipeline_state, state.info
+            top = birdseye(env, data, info["wall_material"], info["maze"], view_size)
+            images, _, _ = env.render_eyes(data, eyes, info["wall_material"])
+            nxt = env.step(state, act(state.obs))
+            frame = (jnp.clip(top * 255, 0, 255).astype(jnp.uint8), images,
+                     nxt.metrics["episode_done"] > 0, info["maze"])
+            return nxt, frame
+
+        _, frames = jax.lax.scan(step, env.reset(key, eyes), None, length=steps)
+        return frames
+
+    return record
+
+
+def write_videos(frames, eyes, env, directory: Path, prefix: str, fps: int = 10) -> list[Path]:
+    """One video per maze episode (`<prefix>_<maze>.mp4`): bird's-eye view beside the eye mosaic."""
+    top, images, done, maze = jax.device_get(frames)
+    e = jax.device_get(eyes)
+    directory.mkdir(parents=True, exist_ok=True)
+    size = top.shape[1]
+    ends = list(np.flatnonzero(done) + 1)
+    paths = []
+    for start, end in zip([0, *ends], ends):
+        frames = [side_by_side(top[t] / 255.0, eye_mosaic(images[t], e.num_eyes, e.resolution,
+                                                          cell=size // max(int(e.num_eyes[0]), 2)))
+                  for t in range(start, end)]
+        name = f"{prefix}_{env.world.mazes[int(maze[start])].maze.name}"
+        paths.append(write_video(frames, directory / name, fps=fps))
+    return paths
