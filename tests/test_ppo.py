@@ -11,6 +11,7 @@ import pytest
 import aci_jax
 from aci_jax.eyes.geometry import EyeBuffer, EyeParams
 from aci_jax.rl import PPO, ActorCritic, NetworkConfig
+from aci_jax.rl.evaluation import make_evaluate, summarize
 
 # Detection with a 4x4 eye in a buffer of 2 eyes of up to 4x4 pixels; short episodes, small batches.
 OVERRIDES = ["env.agents.agent.eyes.resolution=[4,4]", "env.render.max_resolution=4", "env.render.max_eyes=2",
@@ -95,17 +96,31 @@ def test_population_vmap_equals_solo_runs(ppo):
                            pop_state.params["params"]["pi_0"]["kernel"][2])
 
 
-def test_learns_detection_and_deterministic_policy(ppo):
-    """Seeded: the mean episode return of the last iterations is clearly above the untrained policy's."""
+# CI-sized learning setup: the small ARENA (5x5 cells), the agent starting on its south row facing
+# north, the goal alone on the north row 6 m away; 4x4 eye, 16 envs, 128-step episodes (an untrained
+# policy's half speed, 0.5 m/s, still reaches the goal in time).
+ARENA = [*(o for o in OVERRIDES if not o.startswith("env.max_episode_steps")), "env.max_episode_steps=128",
+         "~maze@env.mazes.OPEN", "~env.mazes.OPEN", "+maze@env.mazes.ARENA=ARENA",
+         "env.mazes.ARENA.agent_id_map.default=[agent]", "+env.mazes.ARENA.agent_id_map.O=[goal]",
+         "env.agents.agent.init_yaw=90", "~env.agents.adversary", "~env.task.truncations.adversary",
+         "~eval_env.task.rewards.adversary", "eval_env.task.step_fns.respawn.targets=[goal]"]
+
+
+def test_learns_to_find_the_goal_and_deterministic_policy():
+    """Seeded: after LEARN_ITERATIONS the deterministic policy's evaluation success rate (64 episodes
+    on the eval variant) is far above the untrained policy's."""
+    cfg = aci_jax.load_config("detection", ARENA)
+    ppo = PPO(aci_jax.make_env(cfg), cfg.trainer)
+    evaluate = jax.jit(make_evaluate(ppo, aci_jax.make_env(cfg, eval=True), 64))
+    success = lambda ts: summarize(evaluate(ts.params, ts.eyes, jax.random.PRNGKey(1)))["success_rate"]
     ts = ppo.jit_init(jax.random.PRNGKey(0))
-    returns = []
+    before = success(ts)
     for _ in range(LEARN_ITERATIONS):
         ts, m = ppo.jit_iteration(ts)
-        returns.append(float(m["episode_return"]))
+    after = success(ts)
+    print(f"evaluation success rate: untrained {before:.2f}, trained {after:.2f} ({int(ts.env_steps)} env steps)")
     assert int(ts.env_steps) == LEARN_ITERATIONS * ppo.batch_size
-    before, after = returns[0], float(np.mean(returns[-5:]))
-    print(f"episode return: untrained {before:.3f}, trained {after:.3f} ({int(ts.env_steps)} env steps)")
-    assert after > before + 1.0, returns
+    assert after >= before + 0.25
 
     obs = ts.env_state.obs
     act = ppo.make_policy(ts.params, ts.eyes)
