@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import aci_jax
-from aci_jax.eyes.geometry import EyeParams
 
 N = 4
 

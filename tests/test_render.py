@@ -123,7 +123,7 @@ def test_matches_mj_ray(worlds, name):
 
 def _sphere_image(world, name, n=9):
     """An n×n ray grid at an object sphere 2 m away along +y (rows: z, columns: x)."""
-    m, o = world.model, world.objects[name]
+    o = world.objects[name]
     d = _data(world, **{name: [0.0, 0.0, o.radius]})
     s = np.linspace(-0.3, 0.3, n) * o.radius
     zz, xx = np.meshgrid(s, s, indexing="ij")
@@ -157,7 +157,7 @@ def test_hidden_groups_background_exclude(worlds):
     rgb, depth, geom = _cast(scene, d, o, v, exclude_geom=a.geom)
     expected = np.linalg.norm(target - centre) - goal.radius
     assert geom[0] == goal.geom and depth[0] == pytest.approx(expected, abs=1e-4)
-    assert geom[1] != m.geom(f"goal_marker").id  # the marker is passed through
+    assert geom[1] != m.geom("goal_marker").id  # the marker is passed through
     assert geom[2] == -1 and np.isinf(depth[2]) and np.allclose(rgb[2], [0.2, 0.3, 0.4])
     _, depth, geom = _cast(scene, d, o, v)  # not excluded: hit from inside
     assert np.all(geom == a.geom) and np.allclose(depth, a.radius, atol=1e-5)

@@ -1,7 +1,6 @@
 """Each reward / termination / truncation function on constructed step contexts."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from aci_jax.envs import tasks as T

@@ -10,7 +10,6 @@ frame into the frame stack.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
