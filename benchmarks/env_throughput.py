@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from machine import machine_info
 
 TASKS = {"detection": "OPEN", "navigation": "COMPLEX"}  # exp -> its maze
 EYE_KEY = "env.agents.agent.eyes"
@@ -374,22 +374,6 @@ def print_breakdown(rows: list[dict]) -> None:
                       *(_fmt(n.get(k), ".1f") for k in ("physics", "eyes", "total"))], BREAKDOWN_COLUMNS)
 
 
-def machine_info(args) -> dict:
-    import jax
-    import mujoco
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
-            "jax_devices": args.devices, "native_workers": args.native_workers, "platform": jax.default_backend(),
-            "jax": jax.__version__, "mujoco": mujoco.__version__, "python": platform.python_version(),
-            "load_avg_start": os.getloadavg()}
-
-
 def plot(rows: list[dict], path: Path) -> None:
     """Two panels: env-steps/s vs n_envs, and vs pixels per agent (one line per eye count).
 
@@ -434,7 +418,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     configure_jax(args.platform, args.devices)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # native_reference, also for the workers
-    info = machine_info(args)
+    import mujoco
+
+    info = machine_info(jax_devices=args.devices, native_workers=args.native_workers, mujoco=mujoco.__version__)
     import jax
 
     if len(jax.devices()) < args.devices:

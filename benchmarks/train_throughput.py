@@ -41,15 +41,15 @@ Writes tables to stdout and JSON to `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from machine import machine_info
 
 PARTS = ("throughput", "learning")
 BRAX_AXIS = "i"  # brax's pmap axis name; replicated arrays must carry it to match pmap's outputs
@@ -437,21 +437,6 @@ def print_learning(result: dict) -> None:
         print(f"{name}: aci_jax {v['aci_jax']:.2f}, brax {v['brax']:.2f}, diff {v['diff']:+.2f}{se}: {verdict}")
 
 
-def machine_info() -> dict:
-    import brax
-    import jax
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
-            "platform": jax.default_backend(), "devices": len(jax.devices()), "jax": jax.__version__,
-            "brax": brax.__version__, "python": platform.python_version(), "load_avg_start": os.getloadavg()}
-
-
 def _json_safe(x):
     """NaN / inf -> None (strict JSON), recursively."""
     if isinstance(x, dict):
@@ -465,7 +450,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", args.platform)
     install_device_put_replicated()
-    info = machine_info()
+    import brax
+    import jax
+
+    info = machine_info(devices=len(jax.devices()), brax=brax.__version__)
     if info["load_avg_start"][0] > 0.5:
         print(f"warning: load average {info['load_avg_start'][0]:.2f} at start; other processes share these "
               "cores and slow both trainers", file=sys.stderr)
