@@ -161,6 +161,9 @@ def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = Non
     best_mngr = checkpoint.manager(run_dir / "best", 1)
     ts = _start(cfg, ppo, mngr)
     log = RunLog(run_dir, int(ts.env_steps))
+    for step in best_mngr.all_steps():  # saved by a killed run after its last checkpoint: redone below
+        if step > int(ts.env_steps):
+            best_mngr.delete(step)
     n_it, every, eval_every = ppo.n_iterations, max(1, int(t.checkpoint_every)), int(t.get("eval_every") or 0)
     patience = t.get("early_stop")
     stopped = lambda: patience is not None and _since_best(log.rows["eval"])[1] >= int(patience)
