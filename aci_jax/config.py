@@ -14,6 +14,7 @@ from aci_jax.world.maze import MazeError, maze_from_config
 from aci_jax.world.textures import validate_texture_name
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+HEADINGS = ("absolute", "relative")
 AGENT_KINDS = ("point", "object")
 
 
@@ -102,6 +103,11 @@ def _validate_env(env: DictConfig, where: str) -> None:
                 raise ConfigError(f"{where}.agents.{name}.texture: {e}") from None
     if len(trainable) != 1:
         raise ConfigError(f"{where}.agents: need exactly one trainable point agent, got {trainable}")
+    agent = agents[trainable[0]]
+    if agent.get("heading", "absolute") not in HEADINGS:
+        raise ConfigError(f"{where}.agents.{trainable[0]}.heading={agent.heading!r}; valid: {list(HEADINGS)}")
+    if agent.get("heading") == "relative":
+        _positive(agent, f"{where}.agents.{trainable[0]}", "max_turn", float)
     _validate_eyes(agents[trainable[0]].get("eyes"), env.render, f"{where}.agents.{trainable[0]}.eyes")
     for name, m in env.mazes.items():
         _validate_maze(name, m, agents, f"{where}.mazes.{name}")

@@ -83,6 +83,22 @@ def test_agent_moves_along_heading_and_turns(det):
     assert abs(float(s.pipeline_state.qpos[2]) - np.pi / 2) < 0.1
 
 
+def test_relative_heading_turns_by_max_turn_per_step():
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.heading=relative", "env.agents.agent.max_turn=30"])
+    env = aci_jax.make_env(cfg)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    yaw0 = float(s.pipeline_state.qpos[2])
+    s = step(s, jnp.array([-1.0, 0.0]))  # a1 = 0 keeps the heading
+    assert abs(float(s.pipeline_state.qpos[2]) - yaw0) < 0.02
+    for i in range(1, 4):  # a1 = 1 turns left by max_turn each step; -0.5 turns right by half
+        s = step(s, jnp.array([-1.0, 1.0]))
+    s = step(s, jnp.array([-1.0, -0.5]))
+    assert abs(float(s.pipeline_state.qpos[2]) - (yaw0 + np.deg2rad(75.0))) < 0.05
+    with pytest.raises(aci_jax.ConfigError, match="heading='sideways'"):
+        aci_jax.make_env(aci_jax.load_config("detection", ["env.agents.agent.heading=sideways"]))
+
+
 def test_auto_reset_and_episode_metrics(det):
     env, _, _, vreset, vstep = det
     s = vreset(jax.random.split(jax.random.PRNGKey(2), N))

@@ -211,11 +211,18 @@ class Env:
     # -- pieces ------------------------------------------------------------------------------------
 
     def _control(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
-        """Point agent: speed·(a0 + 1)/2 along the current heading; a1·π is the heading target."""
+        """Point agent: speed·(a0 + 1)/2 along the current heading; a1 sets the heading target.
+
+        `heading: absolute` (ACI): the target is a1·π. `heading: relative`: the target is the
+        current heading turned by a1·max_turn degrees.
+        """
         v = float(self.agent_cfg.speed) * (action[0] + 1) / 2
         yaw = data.qpos[self.agent.qpos_adr[2]]
-        ctrl = data.ctrl.at[self.agent.actuators].set(
-            jnp.stack([v * jnp.cos(yaw), v * jnp.sin(yaw), action[1] * jnp.pi]))
+        if self.agent_cfg.get("heading", "absolute") == "relative":
+            target = yaw + action[1] * jnp.deg2rad(float(self.agent_cfg.get("max_turn", 45.0)))
+        else:
+            target = action[1] * jnp.pi
+        ctrl = data.ctrl.at[self.agent.actuators].set(jnp.stack([v * jnp.cos(yaw), v * jnp.sin(yaw), target]))
         return data.replace(ctrl=ctrl)
 
     def _substep(self, data: mjx.Data, _):
