@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
                f"fitness {report['fitness']:.3f} | mean return {report['mean_return']:.3f} | success rate "
                f"{report['success_rate']:.3f} | failure rate {report['failure_rate']:.3f} | "
                f"{report['episodes']} episodes on the eval env\n")
+    if len(b.eval_mazes) > 1:
+        summary += "".join(f"  {m}: mean return {report[f'mean_return/{m}']:.3f} | success rate "
+                           f"{report[f'success_rate/{m}']:.3f} | failure rate {report[f'failure_rate/{m}']:.3f}\n"
+                           for m in b.eval_mazes)
     (run_dir / "eval_summary.txt").write_text(summary)
     print(summary, end="")
     if cfg.eval.viewer:

@@ -49,6 +49,10 @@ class Built:
     evaluate: Callable  # jitted (params, eyes, key) -> per-episode {return, success, failure}
     record: Callable  # jitted (params, eyes, key) -> frames of one env's evaluation episodes
 
+    @property
+    def eval_mazes(self) -> list[str]:
+        return [m.maze.name for m in self.eval_env.world.mazes]
+
 
 def build(cfg: DictConfig) -> Built:
     """PPO, evaluation and recording functions of a config (cached by the config)."""
@@ -204,7 +208,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = Non
 
 def _evaluate(b: Built, ts: TrainState, key: jax.Array, log: RunLog, best_mngr) -> None:
     """Evaluate the current parameters; keep them in `best/` when their mean return is the best yet."""
-    s = summarize(b.evaluate(ts.params, ts.eyes, key))
+    s = summarize(b.evaluate(ts.params, ts.eyes, key), b.eval_mazes)
     best, _ = _since_best(log.rows["eval"])
     log.write("eval", {"env_steps": int(ts.env_steps), **{k: v for k, v in s.items() if k != "returns"}})
     if s["mean_return"] > best:
@@ -233,7 +237,7 @@ def write_evaluation(b: Built, params, eyes: EyeParams, cfg: DictConfig, run_dir
     """Evaluate `params` (the run's `which` parameters, from env step `step`); write the report
     `name` (fitness, rates, returns) and one video per maze into `videos/`."""
     key = jax.random.PRNGKey(int(cfg.seed) + 1)
-    report = {"params": which, "env_steps": step, **summarize(b.evaluate(params, eyes, key))}
+    report = {"params": which, "env_steps": step, **summarize(b.evaluate(params, eyes, key), b.eval_mazes)}
     (run_dir / name).write_text(json.dumps(report, indent=1))
     videos = write_videos(b.record(params, eyes, key), eyes, b.eval_env, run_dir / "videos",
                           f"{which}_{step}", fps=int(cfg.rollout.fps))

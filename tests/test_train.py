@@ -158,3 +158,15 @@ def test_nan_stops_without_saving(tmp_path):
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
         train_run(_cfg("trainer.learning_rate=nan"), tmp_path)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() is None
+
+
+def test_summarize_reports_each_maze_when_there_are_several():
+    from aci_jax.rl.evaluation import summarize
+
+    results = {"return": np.array([[1.0, 10.0], [3.0, 20.0]]), "success": np.array([[0.0, 1.0], [1.0, 1.0]]),
+               "failure": np.zeros((2, 2))}
+    s = summarize(results, ["SMALL", "LARGE"])
+    assert s["mean_return"] == 8.5 and s["success_rate"] == 0.75 and s["episodes"] == 4
+    assert s["mean_return/SMALL"] == 2.0 and s["mean_return/LARGE"] == 15.0
+    assert s["success_rate/SMALL"] == 0.5 and s["success_rate/LARGE"] == 1.0
+    assert not any("/" in k for k in summarize(results, ["ONLY"]))

@@ -7,6 +7,8 @@ and renders each step (bird's-eye view and the eye images) for `write_videos`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pathlib import Path
 
 import jax
@@ -45,12 +47,17 @@ def make_evaluate(ppo, env, n_envs: int):
     return evaluate
 
 
-def summarize(results: dict) -> dict:
-    """Fitness (ACI) and means of an evaluation's per-episode arrays, with the returns themselves."""
+def summarize(results: dict, maze_names: Sequence[str] = ()) -> dict:
+    """Fitness (ACI) and means of an evaluation's per-episode arrays (n_envs, n_mazes), with the
+    returns themselves; with several `maze_names`, also `<mean>/<maze>` means per maze."""
     r = {k: np.asarray(v, np.float64) for k, v in results.items()}
-    return {"fitness": fitness(r["return"]), "mean_return": float(np.nanmean(r["return"])),
-            "success_rate": float(np.nanmean(r["success"])), "failure_rate": float(np.nanmean(r["failure"])),
-            "episodes": int(np.isfinite(r["return"]).sum()), "returns": r["return"].tolist()}
+    means = {"mean_return": "return", "success_rate": "success", "failure_rate": "failure"}
+    out = {"fitness": fitness(r["return"]), **{k: float(np.nanmean(r[v])) for k, v in means.items()},
+           "episodes": int(np.isfinite(r["return"]).sum()), "returns": r["return"].tolist()}
+    if len(maze_names) > 1:
+        out.update({f"{k}/{m}": float(np.nanmean(r[v][:, i])) for i, m in enumerate(maze_names)
+                    for k, v in means.items()})
+    return out
 
 
 def make_recorder(ppo, env, view_size: int):
