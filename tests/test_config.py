@@ -11,7 +11,7 @@ def test_exp_selects_whole_task():
     assert list(det.env.mazes) == ["OPEN"] and det.env.max_episode_steps == 128
     assert det.env.agents.agent.eyes.resolution == [10, 10] and det.env.agents.goal.texture == "vertical_8_rb"
     nav = load_config("navigation")
-    assert list(nav.env.mazes) == ["COMPLEX"] and list(env_config(nav, eval=True).mazes) == ["COMPLEX_LARGE"]
+    assert list(nav.env.mazes) == ["COMPLEX"] and list(env_config(nav, eval=True).mazes) == ["COMPLEX_LARGE", "COMPLEX"]
     assert "respawn" in env_config(det, eval=True).task.step_fns
 
 
