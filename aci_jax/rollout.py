@@ -23,15 +23,14 @@ POLICIES = ("random", "nearest_object")
 
 
 def nearest_object_policy(env: Env):
-    """Scripted: full speed, heading target towards the nearest object (privileged positions)."""
+    """Scripted: full speed, steering towards the nearest object (privileged positions)."""
 
     def act(state, key):
         data = state.pipeline_state
         pos = data.qpos[env.agent.qpos_adr[:2]]
         objects = env._object_xy(data)
         target = objects[jnp.argmin(jnp.linalg.norm(objects - pos, axis=-1))]
-        heading = jnp.arctan2(target[1] - pos[1], target[0] - pos[0])
-        return jnp.array([1.0, heading / jnp.pi])
+        return jnp.array([1.0, env.steer(data, jnp.arctan2(target[1] - pos[1], target[0] - pos[0]))])
 
     return act
 

@@ -69,9 +69,10 @@ def test_determinism_and_vmap_equals_single(det):
         np.testing.assert_allclose(single.reward, s1.reward[i], atol=1e-5)
 
 
-def test_agent_moves_along_heading_and_turns(det):
-    env, reset, step, _, _ = det
-    s = reset(jax.random.PRNGKey(0))
+def test_agent_moves_along_heading_and_turns():
+    env = aci_jax.make_env(aci_jax.load_config("detection", ["env.agents.agent.heading=absolute"]))
+    step = jax.jit(env.step)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
     x0 = np.asarray(s.pipeline_state.qpos[:3])
     s = step(s, jnp.array([1.0, x0[2] / np.pi]))  # full speed, keep heading
     x1 = np.asarray(s.pipeline_state.qpos[:3])
@@ -84,7 +85,7 @@ def test_agent_moves_along_heading_and_turns(det):
 
 
 def test_relative_heading_turns_by_max_turn_per_step():
-    cfg = aci_jax.load_config("detection", ["env.agents.agent.heading=relative", "env.agents.agent.max_turn=30"])
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.max_turn=30"])  # exp=detection: relative
     env = aci_jax.make_env(cfg)
     s = jax.jit(env.reset)(jax.random.PRNGKey(0))
     step = jax.jit(env.step)
@@ -95,6 +96,8 @@ def test_relative_heading_turns_by_max_turn_per_step():
         s = step(s, jnp.array([-1.0, 1.0]))
     s = step(s, jnp.array([-1.0, -0.5]))
     assert abs(float(s.pipeline_state.qpos[2]) - (yaw0 + np.deg2rad(75.0))) < 0.05
+    assert abs(float(env.steer(s.pipeline_state, jnp.float32(yaw0 + np.deg2rad(90.0)))) - 0.5) < 0.05
+    assert float(env.steer(s.pipeline_state, jnp.float32(yaw0 - np.pi / 2))) == -1.0  # at most max_turn
     with pytest.raises(aci_jax.ConfigError, match="heading='sideways'"):
         aci_jax.make_env(aci_jax.load_config("detection", ["env.agents.agent.heading=sideways"]))
 
@@ -120,7 +123,7 @@ def test_wall_contact_recorded_and_penalised():
     s = jax.jit(env.reset)(jax.random.PRNGKey(0))
     contacts = 0
     for _ in range(100):  # run north into the border wall
-        s = step(s, jnp.array([1.0, 0.5]))
+        s = step(s, jnp.array([1.0, env.steer(s.pipeline_state, jnp.pi / 2)]))
         contacts += float(s.info["contacts"] > 0)
         if s.info["contacts"] > 0:
             break

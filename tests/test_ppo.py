@@ -98,8 +98,9 @@ def test_population_vmap_equals_solo_runs(ppo):
 
 # CI-sized learning setup: the small ARENA (5x5 cells), the agent starting on its south row facing
 # north, the goal alone on the north row 6 m away; 4x4 eye, 16 envs, 128-step episodes (an untrained
-# policy's half speed, 0.5 m/s, still reaches the goal in time).
-ARENA = [*(o for o in OVERRIDES if not o.startswith("env.max_episode_steps")), "env.max_episode_steps=128",
+# policy's half speed, 0.5 m/s, still reaches the goal in time). ACI's absolute heading: with
+# exp=detection's relative heading the untrained policy (a1 ≈ 0) would drive straight at the goal.
+ARENA = ["env.agents.agent.heading=absolute", *(o for o in OVERRIDES if not o.startswith("env.max_episode_steps")), "env.max_episode_steps=128",
          "~maze@env.mazes.OPEN", "~env.mazes.OPEN", "+maze@env.mazes.ARENA=ARENA",
          "env.mazes.ARENA.agent_id_map.default=[agent]", "+env.mazes.ARENA.agent_id_map.O=[goal]",
          "env.agents.agent.init_yaw=90", "~env.agents.adversary", "~env.task.truncations.adversary",

@@ -210,6 +210,14 @@ class Env:
 
     # -- pieces ------------------------------------------------------------------------------------
 
+    def steer(self, data: mjx.Data, heading: jax.Array) -> jax.Array:
+        """The a1 that sets the heading target to `heading` (radians), or turns towards it as far
+        as one step allows (`heading: relative`)."""
+        if self.agent_cfg.get("heading", "absolute") == "relative":
+            turn = jnp.angle(jnp.exp(1j * (heading - data.qpos[self.agent.qpos_adr[2]])))
+            return jnp.clip(turn / jnp.deg2rad(float(self.agent_cfg.get("max_turn", 45.0))), -1.0, 1.0)
+        return jnp.angle(jnp.exp(1j * heading)) / jnp.pi
+
     def _control(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
         """Point agent: speed·(a0 + 1)/2 along the current heading; a1 sets the heading target.
 
