@@ -106,8 +106,8 @@ def _validate_env(env: DictConfig, where: str) -> None:
     agent = agents[trainable[0]]
     if agent.get("heading", "absolute") not in HEADINGS:
         raise ConfigError(f"{where}.agents.{trainable[0]}.heading={agent.heading!r}; valid: {list(HEADINGS)}")
-    if agent.get("heading") == "relative":
-        _positive(agent, f"{where}.agents.{trainable[0]}", "max_turn", float)
+    if agent.get("heading") == "relative":  # max_turn defaults to 45° (configs older than the key)
+        _positive({"max_turn": agent.get("max_turn", 45.0)}, f"{where}.agents.{trainable[0]}", "max_turn", float)
     _validate_eyes(agents[trainable[0]].get("eyes"), env.render, f"{where}.agents.{trainable[0]}.eyes")
     for name, m in env.mazes.items():
         _validate_maze(name, m, agents, f"{where}.mazes.{name}")
