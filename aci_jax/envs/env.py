@@ -63,6 +63,8 @@ class Env:
         self.object_names = list(self.world.objects)
         self.bodies = [self.agent_name, *self.object_names]
         self.eyes_cfg = self.agent_cfg.eyes
+        self.relative_heading = self.agent_cfg.get("heading", "absolute") == "relative"
+        self.max_turn = float(np.deg2rad(float(self.agent_cfg.get("max_turn", 45.0))))  # radians per step
         self.default_eyes = EyeParams.from_config(self.eyes_cfg)
         self.buffer: EyeBuffer = static_buffer(self.eyes_cfg, env_cfg.render)
         self.eye_names = self.buffer.names(tuple(self.eyes_cfg.num_eyes))
@@ -213,9 +215,9 @@ class Env:
     def steer(self, data: mjx.Data, heading: jax.Array) -> jax.Array:
         """The a1 that sets the heading target to `heading` (radians), or turns towards it as far
         as one step allows (`heading: relative`)."""
-        if self.agent_cfg.get("heading", "absolute") == "relative":
+        if self.relative_heading:
             turn = jnp.angle(jnp.exp(1j * (heading - data.qpos[self.agent.qpos_adr[2]])))
-            return jnp.clip(turn / jnp.deg2rad(float(self.agent_cfg.get("max_turn", 45.0))), -1.0, 1.0)
+            return jnp.clip(turn / self.max_turn, -1.0, 1.0)
         return jnp.angle(jnp.exp(1j * heading)) / jnp.pi
 
     def _control(self, data: mjx.Data, action: jax.Array) -> mjx.Data:
@@ -226,10 +228,7 @@ class Env:
         """
         v = float(self.agent_cfg.speed) * (action[0] + 1) / 2
         yaw = data.qpos[self.agent.qpos_adr[2]]
-        if self.agent_cfg.get("heading", "absolute") == "relative":
-            target = yaw + action[1] * jnp.deg2rad(float(self.agent_cfg.get("max_turn", 45.0)))
-        else:
-            target = action[1] * jnp.pi
+        target = yaw + action[1] * self.max_turn if self.relative_heading else action[1] * jnp.pi
         ctrl = data.ctrl.at[self.agent.actuators].set(jnp.stack([v * jnp.cos(yaw), v * jnp.sin(yaw), target]))
         return data.replace(ctrl=ctrl)
 

@@ -8,7 +8,6 @@ and renders each step (bird's-eye view and the eye images) for `write_videos`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 
 import jax
