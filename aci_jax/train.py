@@ -217,7 +217,8 @@ def _evaluate(b: Built, ts: TrainState, key: jax.Array, log: RunLog, best_mngr) 
 
 def best_params(run_dir: Path, like: Any) -> tuple[Any, int] | None:
     """(params, env steps) of a run's best evaluation, or None when it has none yet."""
-    if not checkpoint.manager(run_dir / "best", None).all_steps():
+    best = run_dir / "best"
+    if not best.is_dir() or not any(p.name.isdigit() for p in best.iterdir()):
         return None
     return checkpoint.load_params(run_dir / "best", like)
 

@@ -127,7 +127,7 @@ def build_ppo(args, n_envs: int, total_steps: int):
         f"env.agents.agent.eyes.resolution=[{r},{r}]", f"env.render.supersample={args.supersample}",
         f"env.n_envs={n_envs}", f"trainer.n_steps={args.n_steps}", f"trainer.n_minibatches={args.n_minibatches}",
         f"trainer.n_epochs={args.n_epochs}", f"trainer.total_timesteps={total_steps}",
-        "trainer.network.encoder=flatten", *args.override])
+        "trainer.network.encoder=flatten", "env.agents.agent.heading=absolute", *args.override])
     ppo = PPO(aci_jax.make_env(cfg), cfg.trainer)
     if ppo.cfg.lr_schedule != "constant":
         raise SystemExit("trainer.lr_schedule must be 'constant': brax's PPO has no linear schedule")

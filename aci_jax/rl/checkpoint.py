@@ -40,10 +40,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
 def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
     """The checkpoint at `step`, restored into the structure, shapes and dtypes of `like`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _flat(like))
-    flat = mngr.restore(int(step), args=ocp.args.StandardRestore(abstract))
+    return _unflat(like, mngr.restore(int(step), args=ocp.args.StandardRestore(abstract)))
+
+
+def _unflat(like: Any, flat: dict) -> Any:
+    """`like`'s structure holding the values of `flat` (its zero-size leaves kept as they are)."""
     paths, tree = jax.tree_util.tree_flatten_with_path(like)
-    names = iter(flat[k] for k in _flat(like))
-    return tree.unflatten([next(names) if np.size(x) else x for _, x in paths])
+    values = iter(flat[k] for k in _flat(like))
+    return tree.unflatten([next(values) if np.size(x) else x for _, x in paths])
 
 
 def load_params(path: str | Path, like: Any) -> tuple[Any, int]:
@@ -51,21 +55,6 @@ def load_params(path: str | Path, like: Any) -> tuple[Any, int]:
     of `{'params': ...}` (best/), so the env state's layout may differ. `path`: a run folder, its
     `checkpoints/` (latest step) or one step's folder; ConfigError naming it when missing or
     incompatible."""
-    def pick(mngr, step):
-        flat = mngr.restore(int(step), args=ocp.args.StandardRestore())
-        names = _flat({"params": like})
-        for k, x in names.items():
-            if k not in flat or np.shape(flat[k]) != np.shape(x):
-                found = np.shape(flat[k]) if k in flat else "nothing"
-                raise ValueError(f"parameter {k!r}: expected shape {np.shape(x)}, found {found}")
-        paths, tree = jax.tree_util.tree_flatten_with_path({"params": like})
-        values = iter(flat[k] for k in names)
-        return tree.unflatten([next(values) if np.size(x) else x for _, x in paths])["params"]
-
-    return _load(path, pick)
-
-
-def _load(path: str | Path, read) -> tuple[Any, int]:
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise ConfigError(f"checkpoint path {str(path)!r} does not exist")
@@ -80,7 +69,12 @@ def _load(path: str | Path, read) -> tuple[Any, int]:
             step = mngr.latest_step()
         if step is None:
             raise ConfigError(f"checkpoint path {str(path)!r} holds no checkpoint")
-        return read(mngr, step), step
+        flat = mngr.restore(int(step), args=ocp.args.StandardRestore())
+        for k, x in _flat({"params": like}).items():
+            if k not in flat or np.shape(flat[k]) != np.shape(x):
+                found = np.shape(flat[k]) if k in flat else "nothing"
+                raise ValueError(f"parameter {k!r}: expected shape {np.shape(x)}, found {found}")
+        return _unflat({"params": like}, flat)["params"], step
     except ConfigError:
         raise
     except Exception as e:  # orbax: missing keys, shape or dtype mismatch, not a checkpoint
