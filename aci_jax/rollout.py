@@ -28,7 +28,7 @@ def nearest_object_policy(env: Env):
     def act(state, key):
         data = state.pipeline_state
         pos = data.qpos[env.agent.qpos_adr[:2]]
-        objects = env._object_xy(data)
+        objects = env.object_xy(data)
         target = objects[jnp.argmin(jnp.linalg.norm(objects - pos, axis=-1))]
         return jnp.array([1.0, env.steer(data, jnp.arctan2(target[1] - pos[1], target[0] - pos[0]))])
 

@@ -1,14 +1,21 @@
-"""Can the detection eye tell the goal from the adversary at all? A supervised probe.
+"""Can the detection eye tell the goal from the adversary, and how well could a policy do? Two bounds.
 
-Renders single eye frames of one object (goal or adversary, 50/50) seen from 1–5 m in a random
+Probe: renders single eye frames of one object (goal or adversary, 50/50) seen from 1–5 m in a random
 direction, the agent facing it (±0.2 rad), and fits a 3-layer tanh MLP classifier (the size of the
 policy's layers) on 10,000 frames; reports held-out accuracy overall, by distance and by viewing
 direction relative to the adversary's pole axis (x). This bounds what any policy could learn from
 one frame, separating "the eye cannot see it" from "RL does not learn it".
 
+Oracle: a memoryless scripted policy on the evaluation env that sees objects only inside the eye's
+horizontal fov and tells goal from adversary perfectly, but only within D m (privileged positions
+stand in for vision). It heads for the goal when it is known, else for the nearest visible object
+that is not a known adversary, else turns in place. Its eval success rate at a given D is what a
+reactive policy that discriminates at D m could reach (the steering of `exp=detection` included).
+
     python benchmarks/detection_probe.py [exp overrides, e.g. env.agents.agent.eyes.resolution=[1,1]]
 
-Prints a table and writes benchmarks/detection_probe.json (one entry per eye resolution).
+Prints two tables and writes benchmarks/detection_probe.json (probe: one entry per eye resolution;
+oracle: one entry per D).
 """
 
 from __future__ import annotations
@@ -95,6 +102,37 @@ def probe(overrides: list[str]) -> dict:
                                         for lo, hi in AXIS_BINS}}
 
 
+def oracle(overrides: list[str], reach_m: float, episodes: int = 128) -> dict:
+    """Eval success / failure rates of the oracle policy that discriminates within `reach_m` m."""
+    env = aci_jax.make_env(aci_jax.load_config("detection", overrides), eval=True)
+    half_fov = np.deg2rad(env.eyes_cfg.fov[0]) / 2
+    goal = env.object_names.index("goal")
+
+    def act(data):
+        pos, yaw = data.qpos[env.agent.qpos_adr[:2]], data.qpos[env.agent.qpos_adr[2]]
+        rel = env.object_xy(data) - pos
+        dist, heading = jnp.linalg.norm(rel, axis=-1), jnp.arctan2(rel[:, 1], rel[:, 0])
+        visible = jnp.abs(jnp.angle(jnp.exp(1j * (heading - yaw)))) < half_fov
+        known = visible & (dist < reach_m)
+        is_goal = jnp.arange(len(dist)) == goal
+        score = jnp.where(visible & ~(known & ~is_goal), dist, jnp.inf)
+        score = jnp.where(known & is_goal, -1.0, score)
+        target = jnp.argmin(score)
+        seen = jnp.isfinite(score[target])
+        return jnp.stack([jnp.where(seen, 1.0, -1.0), jnp.where(seen, env.steer(data, heading[target]), 1.0)])
+
+    def episode(key):
+        def step(state, _):
+            state = env.step(state, act(state.pipeline_state))
+            return state, None
+        state, _ = jax.lax.scan(step, env.reset(key), None, length=int(env.cfg.max_episode_steps))
+        return state.metrics["success"], state.metrics["failure"]
+
+    success, failure = jax.jit(jax.vmap(episode))(jax.random.split(jax.random.PRNGKey(0), episodes))
+    return {"overrides": overrides, "discriminates_within_m": reach_m, "episodes": episodes,
+            "success_rate": float(success.mean()), "failure_rate": float(failure.mean())}
+
+
 if __name__ == "__main__":
     runs = [sys.argv[1:]] if sys.argv[1:] else [[], ["env.agents.agent.eyes.resolution=[1,1]"]]
     results = [probe(ov) for ov in runs]
@@ -104,6 +142,10 @@ if __name__ == "__main__":
         print(f"{'x'.join(map(str, r['resolution'])):>7} | {r['accuracy']:8.3f} | "
               + " ".join(f"{v:.3f}" for v in r["by_distance_m"].values()) + " | "
               + " ".join(f"{v:.3f}" for v in r["by_abs_cos_to_pole_axis"].values()))
+    bounds = [oracle(sys.argv[1:], d) for d in (0.0, 1.5, 2.0, 3.0, 5.0, 100.0)]
+    print(f"\noracle policy | {'discriminates within (m)':>24} | success | failure")
+    for b in bounds:
+        print(f"{'':>13} | {b['discriminates_within_m']:24.1f} | {b['success_rate']:7.3f} | {b['failure_rate']:7.3f}")
     out = Path(__file__).parent / "detection_probe.json"
-    out.write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps({"probe": results, "oracle": bounds}, indent=1))
     print(f"wrote {out}")

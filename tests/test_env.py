@@ -44,7 +44,7 @@ def test_spawn_on_group_cells_without_overlap(det):
     s = vreset(jax.random.split(jax.random.PRNGKey(3), 64))
     maze = env.world.mazes[0]
     agent = np.asarray(s.pipeline_state.qpos[:, :2])
-    objects = np.asarray(jax.vmap(env._object_xy)(s.pipeline_state))
+    objects = np.asarray(jax.vmap(env.object_xy)(s.pipeline_state))
     allowed_agent = {tuple(np.round(maze.cell_world(i, j), 4)) for i, j in maze.maze.reset_cells["default"]}
     allowed_obj = {tuple(np.round(maze.cell_world(i, j), 4)) for i, j in maze.maze.reset_cells["O"]}
     for a, objs in zip(agent, objects):

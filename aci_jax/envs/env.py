@@ -170,7 +170,7 @@ class Env:
         contact = contacts.any()
 
         pos = data.qpos[self.agent.qpos_adr[:2]]
-        objects = self._object_xy(data)
+        objects = self.object_xy(data)
         ctx = StepContext(pos=pos, prev_pos=info["prev_pos"], start_pos=info["start_pos"],
                           objects=objects, prev_objects=info["prev_objects"], contact=contact,
                           step=info["step"] + 1, max_steps=self.max_steps, ret=info["return"])
@@ -193,7 +193,7 @@ class Env:
             jax.random.randint(key_reset, (), 0, self.n_mazes)
         new_data, new_info = self._new_episode(key_reset, next_maze)
         cont_info = dict(maze=info["maze"], start_pos=info["start_pos"], prev_pos=pos,
-                         prev_objects=self._object_xy(data), step=ctx.step, wall_material=info["wall_material"],
+                         prev_objects=self.object_xy(data), step=ctx.step, wall_material=info["wall_material"],
                          first_reach=first, **{"return": ep["return"], "contacts": ep["contacts"]})
         pick = lambda a, b: jnp.where(done, a, b)
         # Only the state fields differ: everything else is recomputed by the next mjx.step.
@@ -237,7 +237,9 @@ class Env:
         con = data._impl.contact
         return data, jnp.any(con.dist < 0)
 
-    def _object_xy(self, data: mjx.Data) -> jax.Array:
+    def object_xy(self, data: mjx.Data) -> jax.Array:
+        """(n_objects, 2) xy of the task's objects, in `object_names` order (privileged: for tasks,
+        scripted policies and diagnostics, never the agent's observation)."""
         ids = jnp.asarray([self.world.objects[n].mocap for n in self.object_names], jnp.int32)
         return data.mocap_pos[ids, :2] if self.object_names else jnp.zeros((0, 2))
 
