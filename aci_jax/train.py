@@ -217,8 +217,7 @@ def _evaluate(b: Built, ts: TrainState, key: jax.Array, log: RunLog, best_mngr) 
 
 def best_params(run_dir: Path, like: Any) -> tuple[Any, int] | None:
     """(params, env steps) of a run's best evaluation, or None when it has none yet."""
-    best = run_dir / "best"
-    if not best.is_dir() or not any(p.name.isdigit() for p in best.iterdir()):
+    if not checkpoint.has_steps(run_dir / "best"):
         return None
     return checkpoint.load_params(run_dir / "best", like)
 

@@ -25,6 +25,11 @@ def manager(directory: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManag
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
+def has_steps(directory: Path) -> bool:
+    """Whether `directory` holds step folders (`<directory>/<step>`), without opening a manager."""
+    return Path(directory).is_dir() and any(p.name.isdigit() for p in Path(directory).iterdir())
+
+
 def _flat(state: Any) -> dict:
     """Non-empty leaves keyed by their tree path (orbax cannot save zero-size arrays)."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
@@ -62,7 +67,7 @@ def load_params(path: str | Path, like: Any) -> tuple[Any, int]:
         path = path / "checkpoints"
     mngr = None
     try:
-        if path.name.isdigit() and not any(p.name.isdigit() for p in path.iterdir()):
+        if path.name.isdigit() and not has_steps(path):
             mngr, step = manager(path.parent, None), int(path.name)
         else:
             mngr = manager(path, None)
