@@ -75,6 +75,25 @@ def test_padded_pixels_and_eyes_contribute_nothing(encoder, r, R):
     assert float(jnp.abs(out_big[2]).max()) > 0
 
 
+def test_unshared_encoder_feeds_only_the_value():
+    """`share_encoder=False`: the policy reads `encoder`, the value reads `v_encoder`, nothing else."""
+    buf = EyeBuffer(2, 4, 1)
+    net = ActorCritic(tuple(buf.names((1, 2))), buf, NetworkConfig(features=8, hidden=(16,), share_encoder=False))
+    eyes = EyeParams(num_eyes=jnp.array([1, 2]), resolution=jnp.array([4, 4]), fov=jnp.array([45.0, 45.0]),
+                     lat_range=jnp.zeros(2), lon_range=jnp.array([-30.0, 30.0]))
+    ks = jax.random.split(jax.random.PRNGKey(0), 4)
+    obs = {n: jax.random.uniform(k, (5, 2, 4, 4, 3)) for n, k in zip(net.eye_names, ks)}
+    obs.update(action=jax.random.uniform(ks[2], (5, 2, 2)), contact=jnp.zeros((5, 2, 1)))
+    params = net.init(ks[3], obs, eyes)
+    base = net.apply(params, obs, eyes)  # (mean, log_std, value)
+    for name, kept, moved in (("encoder", 2, 0), ("v_encoder", 0, 2)):
+        p = jax.tree.map(lambda x: x, params)
+        p["params"][name]["Dense_0"]["kernel"] = 2.0 * p["params"][name]["Dense_0"]["kernel"]
+        out = net.apply(p, obs, eyes)
+        np.testing.assert_array_equal(out[kept], base[kept])
+        assert not np.allclose(out[moved], base[moved])
+
+
 def test_population_vmap_equals_solo_runs(ppo):
     """Three individuals with different eyes, trained for 2 iterations in one vmapped call."""
     pop_ppo = PPO(ppo.env, dataclasses.replace(ppo.cfg, total_timesteps=2 * ppo.batch_size))

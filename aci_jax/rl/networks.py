@@ -1,7 +1,8 @@
 """Actor-critic networks as in ACI (SB3 `MultiInputPolicy` with a combined extractor), in Flax.
 
 One feature extractor is shared by all eyes; its per-eye features are concatenated with the stacked
-last actions and contact flags, then two MLPs give the policy mean and the value. The policy is a
+last actions and contact flags, then two MLPs give the policy mean and the value (by default both
+read the same extractor, as SB3's; `share_encoder=False` gives the value its own). The policy is a
 diagonal Gaussian with a state-independent log std (SB3's default); actions are clipped to [-1, 1]
 by the env, log-probs are those of the unclipped sample, and the deterministic action is the
 clipped mean.
@@ -36,6 +37,7 @@ class NetworkConfig:
     channels: tuple[int, ...] = (16, 32)  # cnn: 3x3 stride-1 conv layers
     hidden: tuple[int, ...] = (64, 64)  # policy and value MLPs (tanh)
     log_std_init: float = 0.0
+    share_encoder: bool = True  # False: the value MLP has its own extractor (`v_encoder`)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "NetworkConfig":
@@ -121,14 +123,18 @@ class ActorCritic(nn.Module):
     def __call__(self, obs: dict, eyes: EyeParams) -> tuple[jax.Array, jax.Array, jax.Array]:
         _, _, eye_ok = eye_placements(eyes, self.buffer)
         images = jnp.stack([obs[n] for n in self.eye_names], -5)
-        f = EyeEncoder(self.cfg.encoder, self.cfg.features, self.cfg.channels, name="encoder")(
-            images, pixel_mask(eyes, self.buffer))
-        f = f * eye_ok[:, None]
-        lead = f.shape[:-2]
-        x = jnp.concatenate([f.reshape(*lead, -1), obs["action"].reshape(*lead, -1),
-                             obs["contact"].reshape(*lead, -1)], -1)
+        mask = pixel_mask(eyes, self.buffer)
+
+        def inputs(name: str) -> jax.Array:
+            f = EyeEncoder(self.cfg.encoder, self.cfg.features, self.cfg.channels, name=name)(images, mask)
+            f = f * eye_ok[:, None]
+            lead = f.shape[:-2]
+            return jnp.concatenate([f.reshape(*lead, -1), obs["action"].reshape(*lead, -1),
+                                    obs["contact"].reshape(*lead, -1)], -1)
+
+        x = inputs("encoder")
         mean = _mlp(x, self.cfg.hidden, self.action_size, 0.01, "pi")
-        value = _mlp(x, self.cfg.hidden, 1, 1.0, "v")
+        value = _mlp(x if self.cfg.share_encoder else inputs("v_encoder"), self.cfg.hidden, 1, 1.0, "v")
         log_std = self.param("log_std", nn.initializers.constant(self.cfg.log_std_init), (self.action_size,))
         return mean, jnp.broadcast_to(log_std, mean.shape), value[..., 0]
 
