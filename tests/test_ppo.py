@@ -14,13 +14,14 @@ from aci_jax.rl import PPO, ActorCritic, NetworkConfig
 from aci_jax.rl.evaluation import make_evaluate, summarize
 
 # Detection with a 4x4 eye in a buffer of 2 eyes of up to 4x4 pixels; short episodes, small batches,
-# ACI's 10 epochs (the setup the learning test below was sized with).
+# ACI's 10 epochs and goal reward (the setup the learning test below was sized with).
 # ACI's absolute heading: its dynamics do not amplify float rounding, so vmapped and solo training
 # agree to 1e-4 (turning relative to the heading integrates ~1e-7 differences of XLA's fused and
 # unfused arithmetic in vmapped vs single code, and contacts then amplify them).
 OVERRIDES = ["env.agents.agent.heading=absolute", "env.agents.agent.eyes.resolution=[4,4]", "env.render.max_resolution=4", "env.render.max_eyes=2",
              "env.render.supersample=1", "env.max_episode_steps=64", "env.frame_stack=4", "env.n_envs=16",
-             "trainer.n_steps=64", "trainer.n_minibatches=8", "trainer.n_epochs=10"]
+             "trainer.n_steps=64", "trainer.n_minibatches=8", "trainer.n_epochs=10",
+             "env.task.rewards.goal.reward=1.0"]
 LEARN_ITERATIONS = 40  # x 1024 env steps
 
 
