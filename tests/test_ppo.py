@@ -11,6 +11,7 @@ import pytest
 import aci_jax
 from aci_jax.eyes.geometry import EyeBuffer, EyeParams
 from aci_jax.rl import PPO, ActorCritic, NetworkConfig
+from aci_jax.rl.networks import init_obs_stats, update_obs_stats
 from aci_jax.rl.evaluation import make_evaluate, summarize
 
 # Detection with a 4x4 eye in a buffer of 2 eyes of up to 4x4 pixels; short episodes, small batches,
@@ -93,6 +94,37 @@ def test_unshared_encoder_feeds_only_the_value():
         out = net.apply(p, obs, eyes)
         np.testing.assert_array_equal(out[kept], base[kept])
         assert not np.allclose(out[moved], base[moved])
+
+
+def test_observation_statistics_and_normalised_training(ppo):
+    """Running statistics over batches equal those of all samples at once; never-varying (padded)
+    pixels normalise to 0; PPO updates the statistics from each rollout, not by gradients."""
+    ks = jax.random.split(jax.random.PRNGKey(0), 2)
+    batches = [{"eye": jax.random.uniform(k, (7, 3, 2)) * jnp.array([1.0, 0.0]), "action": jax.random.normal(k, (7, 2))}
+               for k in ks]
+    stats = init_obs_stats(jax.tree.map(lambda x: x[0], batches[0]))
+    for b in batches:
+        stats = update_obs_stats(stats, b)
+    both = jax.tree.map(lambda *x: np.concatenate(x), *batches)
+    assert float(stats["count"]) == 14
+    jax.tree.map(lambda m, x: np.testing.assert_allclose(m, x.mean(0), rtol=1e-5, atol=1e-6), stats["mean"], both)
+    jax.tree.map(lambda s, x: np.testing.assert_allclose(s, np.maximum(x.std(0), 1e-6), rtol=1e-5), stats["std"], both)
+    assert np.all((both["eye"][..., 1] - stats["mean"]["eye"][..., 1]) / stats["std"]["eye"][..., 1] == 0)
+
+    norm = PPO(ppo.env, dataclasses.replace(ppo.cfg, network=dataclasses.replace(ppo.cfg.network, normalize_observations=True)))
+    ts = norm.jit_init(jax.random.PRNGKey(3))
+    assert float(ts.params["obs_norm"]["stats"]["count"]) == 0
+    assert jax.tree.structure(ts.opt_state) == jax.tree.structure(ppo.jit_init(jax.random.PRNGKey(3)).opt_state)
+    new, m = norm.jit_iteration(ts)
+    stats = new.params["obs_norm"]["stats"]
+    assert float(stats["count"]) == norm.batch_size and np.isfinite(float(m["policy_loss"]))
+    eye = stats["mean"]["eye_0"]  # 4x4 eye in a buffer of up to 4x4: every pixel sees something
+    assert float(eye.max()) > 0 and float(stats["std"]["eye_0"].min()) > 1e-6
+    assert float(stats["mean"]["eye_1"].max()) == 0  # the empty second eye slot
+    assert not np.allclose(new.params["params"]["pi_0"]["kernel"], ts.params["params"]["pi_0"]["kernel"])
+    obs = new.env_state.obs
+    shifted = {**new.params, "obs_norm": {"stats": {**stats, "mean": jax.tree.map(lambda x: x + 0.5, stats["mean"])}}}
+    assert not np.allclose(norm.network.apply(shifted, obs, new.eyes)[0], norm.network.apply(new.params, obs, new.eyes)[0])
 
 
 def test_population_vmap_equals_solo_runs(ppo):

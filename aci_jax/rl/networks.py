@@ -5,7 +5,9 @@ last actions and contact flags, then two MLPs give the policy mean and the value
 read the same extractor, as SB3's; `share_encoder=False` gives the value its own). The policy is a
 diagonal Gaussian with a state-independent log std (SB3's default); actions are clipped to [-1, 1]
 by the env, log-probs are those of the unclipped sample, and the deterministic action is the
-clipped mean.
+clipped mean. With `normalize_observations` (brax's option) every observation leaf is standardised
+by running statistics kept in the variable collection `obs_norm` (updated by PPO, not by gradients),
+so the statistics travel with the parameters into checkpoints and policies.
 
 Morphology is data: inputs are static-maxima buffers, so every pixel outside the individual's
 resolution is multiplied by `pixel_mask` and the features of eye slots beyond its eye count are
@@ -22,10 +24,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from brax.training.acme import running_statistics
 
 from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_placements, pixel_mask
 
 ENCODERS = ("mlp", "cnn", "flatten")
+OBS_CLIP = 10.0  # normalised observations are clipped to ±this (SB3's VecNormalize default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,7 @@ class NetworkConfig:
     hidden: tuple[int, ...] = (64, 64)  # policy and value MLPs (tanh)
     log_std_init: float = 0.0
     share_encoder: bool = True  # False: the value MLP has its own extractor (`v_encoder`)
+    normalize_observations: bool = False  # standardise inputs by running statistics (`obs_norm`)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "NetworkConfig":
@@ -121,6 +126,10 @@ class ActorCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: dict, eyes: EyeParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if self.cfg.normalize_observations:
+            stats = self.variable("obs_norm", "stats", init_obs_stats, obs).value
+            obs = running_statistics.normalize(obs, running_statistics.NestedMeanStd(stats["mean"], stats["std"]),
+                                               max_abs_value=OBS_CLIP)
         _, _, eye_ok = eye_placements(eyes, self.buffer)
         images = jnp.stack([obs[n] for n in self.eye_names], -5)
         mask = pixel_mask(eyes, self.buffer)
@@ -137,6 +146,23 @@ class ActorCritic(nn.Module):
         value = _mlp(x if self.cfg.share_encoder else inputs("v_encoder"), self.cfg.hidden, 1, 1.0, "v")
         log_std = self.param("log_std", nn.initializers.constant(self.cfg.log_std_init), (self.action_size,))
         return mean, jnp.broadcast_to(log_std, mean.shape), value[..., 0]
+
+
+def init_obs_stats(obs: dict) -> dict:
+    """Running statistics of one (unbatched) observation: nothing seen yet (mean 0, std 1)."""
+    s = running_statistics.init_state(obs)
+    return {"count": jnp.float32(0), "mean": s.mean, "summed_variance": s.summed_variance, "std": s.std}
+
+
+def update_obs_stats(stats: dict, batch: dict) -> dict:
+    """Welford update (brax's `running_statistics.update`) of `stats` with a batch of observations
+    (any leading batch shape). Pixels that never vary (the padding beyond an individual's eyes) keep
+    std at its floor and normalise to 0, so masking still zeroes them."""
+    s = running_statistics.RunningStatisticsState(count=stats["count"], mean=stats["mean"],
+                                                   summed_variance=stats["summed_variance"], std=stats["std"])
+    s = running_statistics.update(s, batch, std_min_value=1e-6)
+    return {"count": jnp.asarray(s.count, jnp.float32), "mean": s.mean,
+            "summed_variance": s.summed_variance, "std": s.std}
 
 
 def log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:

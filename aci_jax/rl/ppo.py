@@ -3,7 +3,8 @@
 `PPO(env, trainer_cfg)` builds pure functions of arrays:
 - `init(key, eyes) -> TrainState`: network, optimiser and `n_envs` reset envs of one individual;
 - `iteration(state) -> (state, metrics)`: a `lax.scan` rollout of `n_steps` over the vmapped env,
-  GAE, then `n_epochs` of shuffled minibatch updates (clipped surrogate, optionally clipped value
+  (with `network.normalize_observations`, the running observation statistics updated from it, as in
+  brax), GAE, then `n_epochs` of shuffled minibatch updates (clipped surrogate, optionally clipped value
   loss, entropy bonus, advantage normalisation, global-norm gradient clipping, Adam);
 - `train(key, eyes) -> (state, metrics)`: init, then a `lax.scan` of `n_iterations` iterations.
 `train` vmaps over a population axis of (keys, eyes); `jit_init` / `jit_iteration` step one
@@ -26,7 +27,7 @@ from brax.training.agents.ppo.losses import compute_gae
 from flax import struct
 
 from aci_jax.eyes.geometry import EyeParams
-from aci_jax.rl.networks import ActorCritic, NetworkConfig, entropy, log_prob
+from aci_jax.rl.networks import ActorCritic, NetworkConfig, entropy, log_prob, update_obs_stats
 
 EPISODE_METRICS = ("return", "success", "failure", "length")
 
@@ -122,15 +123,18 @@ class PPO:
         k_net, k_env, rng = jax.random.split(key, 3)
         env_state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(k_env, self.n_envs), eyes)
         params = self.network.init(k_net, jax.tree.map(lambda x: x[0], env_state.obs), eyes)
-        return TrainState(params, self.optimizer.init(params), env_state, eyes, rng,
+        return TrainState(params, self.optimizer.init(_trainable(params)), env_state, eyes, rng,
                           jnp.int32(0), jnp.int32(0))
 
     def iteration(self, ts: TrainState) -> tuple[TrainState, dict]:
         """One rollout of n_steps x n_envs, then n_epochs of minibatch updates."""
         rng, k_roll, k_upd = jax.random.split(ts.rng, 3)
         env_state, traj = self._rollout(ts.params, ts.eyes, ts.env_state, k_roll)
-        _, _, last_value = self.network.apply(ts.params, env_state.obs, ts.eyes)
-        params, opt_state, losses = self._update(ts.params, ts.opt_state, ts.eyes, traj, last_value, k_upd)
+        params = ts.params
+        if self.cfg.network.normalize_observations:
+            params = {**params, "obs_norm": {"stats": update_obs_stats(params["obs_norm"]["stats"], traj.obs)}}
+        _, _, last_value = self.network.apply(params, env_state.obs, ts.eyes)
+        params, opt_state, losses = self._update(params, ts.opt_state, ts.eyes, traj, last_value, k_upd)
         ts = ts.replace(params=params, opt_state=opt_state, env_state=env_state, rng=rng,
                         iteration=ts.iteration + 1, env_steps=ts.env_steps + self.batch_size)
         return ts, {"env_steps": ts.env_steps, **_episode_stats(traj.episode), **losses}
@@ -173,11 +177,12 @@ class PPO:
                                  lambda_=c.gae_lambda, discount=c.gamma)
         data = (traj.obs, traj.action, traj.log_prob, traj.value, targets - traj.value, targets)
         data = jax.tree.map(lambda x: x.reshape(self.batch_size, *x.shape[2:]), data)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        fixed = {k: v for k, v in params.items() if k != "params"}  # obs_norm: not trained by gradients
+        grad_fn = jax.value_and_grad(lambda p, mb: self._loss({**p, **fixed}, eyes, mb), has_aux=True)
 
         def minibatch(carry, mb):
             params, opt_state = carry
-            (_, aux), grads = grad_fn(params, eyes, mb)
+            (_, aux), grads = grad_fn(params, mb)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), aux
 
@@ -186,8 +191,8 @@ class PPO:
             mbs = jax.tree.map(lambda x: x[perm].reshape(c.n_minibatches, -1, *x.shape[1:]), data)
             return jax.lax.scan(minibatch, carry, mbs)
 
-        (params, opt_state), aux = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, c.n_epochs))
-        return params, opt_state, jax.tree.map(jnp.mean, aux)
+        (params, opt_state), aux = jax.lax.scan(epoch, (_trainable(params), opt_state), jax.random.split(key, c.n_epochs))
+        return {**params, **fixed}, opt_state, jax.tree.map(jnp.mean, aux)
 
     def _loss(self, params, eyes, mb) -> tuple[jax.Array, dict]:
         """SB3's PPO loss on one minibatch (value loss clipped PPO2-style when clip_range_vf is set)."""
@@ -209,6 +214,11 @@ class PPO:
         return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
                       "approx_kl": jnp.mean(ratio - 1 - log_ratio),
                       "clip_fraction": jnp.mean(jnp.abs(ratio - 1) > c.clip_range)}
+
+
+def _trainable(variables: dict) -> dict:
+    """The network variables the optimiser updates: the `params` collection."""
+    return {"params": variables["params"]}
 
 
 def _episode_stats(ep: dict) -> dict:
