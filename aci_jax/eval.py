@@ -25,16 +25,24 @@ from aci_jax.train import Built, best_params, build, write_evaluation
 PARAMS = ("best", "last")
 
 
+_ABSENT = object()
+
+
 def load_run_config(argv: list[str]):
-    """The run's config.yaml with the default `eval` section and the command-line overrides."""
-    cli = OmegaConf.from_dotlist(argv)
+    """The run's config.yaml with the default `eval` section and the command-line overrides
+    (Hydra's syntax: `key=value` replaces a key of the run's config, `+key=value` adds one)."""
+    cli = OmegaConf.from_dotlist([a.lstrip("+") for a in argv])
     if not cli.get("run_dir"):
         raise ConfigError("run_dir=... is required: the run folder to evaluate")
     run_dir = Path(cli.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"run_dir={str(run_dir)!r} holds no config.yaml: not a run folder")
     defaults = OmegaConf.masked_copy(OmegaConf.load(CONFIG_DIR / "config.yaml"), ["eval"])
-    cfg = OmegaConf.merge(defaults, OmegaConf.load(run_dir / "config.yaml"), cli)
+    base = OmegaConf.merge(defaults, OmegaConf.load(run_dir / "config.yaml"), {"run_dir": None})
+    for key in (a.split("=", 1)[0] for a in argv if not a.startswith("+")):
+        if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(f"{key}: no such key in the run's config; add a new one with +{key}=...")
+    cfg = OmegaConf.merge(base, cli)
     if cfg.eval.params not in PARAMS:
         raise ConfigError(f"eval.params={cfg.eval.params!r}; valid: {list(PARAMS)}")
     validate(cfg)

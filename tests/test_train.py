@@ -77,13 +77,16 @@ def test_eval_command_writes_report_summary_and_videos(full_run):
     assert json.loads((run_dir / "eval.json").read_text())["params"] == "last"
     assert "last parameters from env step 96" in (run_dir / "eval_summary.txt").read_text()
     assert (run_dir / "videos/last_96_OPEN.mp4").stat().st_size > 0
+    cfg, _ = eval_cmd.load_run_config([f"run_dir={run_dir}", "+eval_env.spawn_jitter=0.5", "train.eval_envs=8"])
+    assert cfg.eval_env.spawn_jitter == 0.5 and cfg.train.eval_envs == 8
 
 
 @pytest.mark.parametrize("argv, message", [([], "run_dir=... is required"),
                                            (["run_dir=/nowhere"], "no config.yaml"),
-                                           (["eval.params=worst"], "eval.params='worst'; valid")])
+                                           (["eval.params=worst"], "eval.params='worst'; valid"),
+                                           (["eval_env.spawn_jiter=0.5"], "eval_env.spawn_jiter: no such key")])
 def test_eval_command_errors(full_run, argv, message):
-    if argv and argv[0].startswith("eval."):
+    if argv and argv[0].startswith("eval"):
         argv = [f"run_dir={full_run[0]}", *argv]
     with pytest.raises(SystemExit, match=message):
         eval_cmd.main(argv)
