@@ -42,8 +42,9 @@ def main() -> None:
     if len(labels) != len(a.runs):
         raise SystemExit(f"--label: {len(labels)} labels for {len(a.runs)} runs")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for run, label in zip(a.runs, labels):
-        ax.plot(*curve(run, a.metric), "o-", ms=3, label=label)
+    colors = plt.cm.tab10.colors if len(a.runs) <= 10 else plt.cm.tab20.colors
+    for run, label, color in zip(a.runs, labels, colors * len(a.runs)):
+        ax.plot(*curve(run, a.metric), "o-", ms=3, label=label, color=color)
     ax.set(xlabel="env steps", ylabel=f"evaluation {a.metric}", title=a.title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
