@@ -95,7 +95,7 @@ class RunLog:
         from tensorboardX import SummaryWriter
 
         self.paths = {"train": run_dir / "metrics.jsonl", "eval": run_dir / "evaluations.jsonl"}
-        self.rows = {name: [r for r in _read_jsonl(p) if r["env_steps"] <= env_steps] for name, p in self.paths.items()}
+        self.rows = {name: [r for r in read_jsonl(p) if r["env_steps"] <= env_steps] for name, p in self.paths.items()}
         for name, p in self.paths.items():
             p.write_text("".join(json.dumps(r) + "\n" for r in self.rows[name]))
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
@@ -113,7 +113,7 @@ class RunLog:
         self.tb.close()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
@@ -264,7 +264,7 @@ def plot_learning_curve(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, evals = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "evaluations.jsonl")
+    train, evals = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "evaluations.jsonl")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, (tk, ek, label) in zip(axes, [("episode_return", "mean_return", "mean return"),
                                           ("episode_success", "success_rate", "success rate")]):

@@ -10,7 +10,6 @@ Used for the learning figures in `benchmarks/figures/` (see RESULTS.md).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -18,13 +17,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from aci_jax.train import read_jsonl  # noqa: E402
+
 
 def curve(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
     """(env steps, metric) of a run's evaluations."""
     path = run_dir / "evaluations.jsonl"
     if not path.is_file():
         raise SystemExit(f"{run_dir}: no evaluations.jsonl (not a run folder, or never evaluated)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_jsonl(path)
     if rows and metric not in rows[0]:
         raise SystemExit(f"--metric {metric!r} is not in {path}; valid: {sorted(rows[0])}")
     return [r["env_steps"] for r in rows], [r[metric] for r in rows]
@@ -43,8 +44,8 @@ def main() -> None:
         raise SystemExit(f"--label: {len(labels)} labels for {len(a.runs)} runs")
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = plt.cm.tab10.colors if len(a.runs) <= 10 else plt.cm.tab20.colors
-    for run, label, color in zip(a.runs, labels, colors * len(a.runs)):
-        ax.plot(*curve(run, a.metric), "o-", ms=3, label=label, color=color)
+    for i, (run, label) in enumerate(zip(a.runs, labels)):
+        ax.plot(*curve(run, a.metric), "o-", ms=3, label=label, color=colors[i % len(colors)])
     ax.set(xlabel="env steps", ylabel=f"evaluation {a.metric}", title=a.title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
