@@ -13,10 +13,11 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from aci_jax.config import CONFIG_DIR, ConfigError, validate
 from aci_jax.envs.env import Env, make_env
+from aci_jax.runs import RunFolder, command_errors, output_dir
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
 
 POLICIES = ("random", "nearest_object")
@@ -99,14 +100,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
+    with command_errors("rollout"):
         validate(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    run(cfg, run_dir)
+        run_dir = output_dir(cfg)
+        cfg.run_dir = str(run_dir)
+        with RunFolder.open(run_dir, cfg, "rollout") as folder:  # its own folder, never a training run's
+            run(folder.cfg, folder.path)
 
 
 if __name__ == "__main__":

@@ -85,11 +85,12 @@ def test_eval_command_writes_report_summary_and_videos(full_run):
                                            (["run_dir=/nowhere"], "no config.yaml"),
                                            (["eval.params=worst"], "eval.params='worst'; valid"),
                                            (["eval_env.spawn_jiter=0.5"], "eval_env.spawn_jiter: no such key")])
-def test_eval_command_errors(full_run, argv, message):
+def test_eval_command_errors(full_run, argv, message, capsys):
     if argv and argv[0].startswith("eval"):
         argv = [f"run_dir={full_run[0]}", *argv]
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit) as e:
         eval_cmd.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_early_stop_after_evaluations_without_improvement(tmp_path, capsys):
