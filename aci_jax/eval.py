@@ -18,11 +18,9 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, validate
+from aci_jax.config import CONFIG_DIR, ConfigError, exit_on_config_error, validate
 from aci_jax.rl import checkpoint
 from aci_jax.train import Built, best_params, build, write_evaluation
-
-PARAMS = ("best", "last")
 
 
 _ABSENT = object()
@@ -43,8 +41,6 @@ def load_run_config(argv: list[str]):
         if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"{key}: no such key in the run's config; add a new one with +{key}=...")
     cfg = OmegaConf.merge(base, cli)
-    if cfg.eval.params not in PARAMS:
-        raise ConfigError(f"eval.params={cfg.eval.params!r}; valid: {list(PARAMS)}")
     validate(cfg)
     return cfg, run_dir
 
@@ -90,12 +86,10 @@ def show_in_viewer(b: Built, params, eyes, key: jax.Array, fps: float = 10.0) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    try:
+    with exit_on_config_error():
         cfg, run_dir = load_run_config(sys.argv[1:] if argv is None else argv)
         b = build(cfg)
         params, step, eyes, which = load_params(b, cfg, run_dir)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
     report = write_evaluation(b, params, eyes, cfg, run_dir, step, which, name="eval.json")
     summary = (f"run {run_dir} ({cfg.expname}), {which} parameters from env step {step:,}\n"
                f"fitness {report['fitness']:.3f} | mean return {report['mean_return']:.3f} | success rate "

@@ -15,11 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, validate
+from aci_jax.config import CONFIG_DIR, exit_on_config_error, validate
 from aci_jax.envs.env import Env, make_env
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
-
-POLICIES = ("random", "nearest_object")
 
 
 def nearest_object_policy(env: Env):
@@ -42,10 +40,8 @@ def random_policy(env: Env):
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Roll out `rollout.n_envs` envs for `rollout.n_steps` steps; write the video and eyes.png."""
     r = cfg.rollout
-    if r.policy not in POLICIES:
-        raise ConfigError(f"rollout.policy={r.policy!r}; valid: {list(POLICIES)}")
     env = make_env(cfg)
-    policy = (random_policy if r.policy == "random" else nearest_object_policy)(env)
+    policy = {"random": random_policy, "nearest_object": nearest_object_policy}[r.policy](env)
     n, video_env = int(r.n_envs), int(r.video_env)
 
     @jax.jit
@@ -99,10 +95,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error():
         validate(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents, validate
+from aci_jax.config import CONFIG_DIR, ConfigError, exit_on_config_error, trainable_agents, validate
 from aci_jax.envs.env import Env, make_env
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
@@ -286,10 +286,9 @@ def plot_learning_curve(run_dir: Path) -> Path:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        validate(cfg)
-        train_run(cfg, Path(cfg.run_dir))
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+        with exit_on_config_error():
+            validate(cfg)
+            train_run(cfg, Path(cfg.run_dir))
     except TrainingDiverged as e:
         raise SystemExit(f"training diverged: {e}") from None
 
