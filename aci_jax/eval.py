@@ -23,8 +23,6 @@ from aci_jax.rl import checkpoint
 from aci_jax.runs import atomic_write, command_errors
 from aci_jax.train import Built, best_params, build, write_evaluation
 
-PARAMS = ("best", "last")
-
 
 _ABSENT = object()
 
@@ -44,8 +42,6 @@ def load_run_config(argv: list[str]):
         if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"{key}: no such key in the run's config; add a new one with +{key}=...")
     cfg = OmegaConf.merge(base, cli)
-    if cfg.eval.params not in PARAMS:
-        raise ConfigError(f"eval.params={cfg.eval.params!r}; valid: {list(PARAMS)}")
     validate(cfg)
     return cfg, run_dir
 

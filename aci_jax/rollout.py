@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
 
-from aci_jax.config import CONFIG_DIR, ConfigError, validate
+from aci_jax.config import CONFIG_DIR, validate
 from aci_jax.envs.env import Env, make_env
 from aci_jax.runs import RunFolder, command_errors, output_dir
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
-
-POLICIES = ("random", "nearest_object")
 
 
 def nearest_object_policy(env: Env):
@@ -43,10 +41,8 @@ def random_policy(env: Env):
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Roll out `rollout.n_envs` envs for `rollout.n_steps` steps; write the video and eyes.png."""
     r = cfg.rollout
-    if r.policy not in POLICIES:
-        raise ConfigError(f"rollout.policy={r.policy!r}; valid: {list(POLICIES)}")
     env = make_env(cfg)
-    policy = (random_policy if r.policy == "random" else nearest_object_policy)(env)
+    policy = {"random": random_policy, "nearest_object": nearest_object_policy}[r.policy](env)
     n, video_env = int(r.n_envs), int(r.video_env)
 
     @jax.jit

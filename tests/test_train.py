@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import aci_jax
 from aci_jax.config import ConfigError
@@ -159,8 +160,10 @@ def test_killed_mid_run_resumes_from_last_good_checkpoint(full_run, tmp_path, ca
 
 
 def test_nan_stops_without_saving(tmp_path):
+    cfg = _cfg()
+    OmegaConf.update(cfg, "trainer.learning_rate", float("nan"))  # load_config rejects it; train_run takes it
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
-        train_run(_cfg("trainer.learning_rate=nan"), tmp_path)
+        train_run(cfg, tmp_path)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() is None
 
 

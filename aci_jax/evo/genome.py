@@ -205,7 +205,7 @@ def genome_from_config(evo, eyes_cfg, frame_stack: int = 1) -> Genome:
         v = _read(eyes, g.fields[0])
         if not g.low <= v <= g.high:
             raise ValueError(f"evo.genes.{g.name}: initial value {v} (evo.init={init!r}) is outside its "
-                             f"bounds [{g.low}, {g.high}]")
+                             f"bounds [{g.low}, {g.high}]: it must be within them")
     constraints = []
     for name, spec in dict(evo.get("constraints") or {}).items():
         spec = dict(spec or {})
@@ -247,12 +247,12 @@ def _gene(name: str, spec: dict) -> Gene:
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{where}: low and high must be numbers, got {spec.get('low')!r}, {spec.get('high')!r}") from None
     if low > high:
-        raise ValueError(f"{where}: low={low} > high={high}")
+        raise ValueError(f"{where}: low={low} > high={high}; need low <= high")
     if scale == "log" and low <= 0:
         raise ValueError(f"{where}: a log-scale gene needs low > 0, got {low}")
     if typ == "int" and FIELDS[fields[0]][2] == "real" or typ == "real" and FIELDS[fields[0]][2] == "int":
         raise ValueError(f"{where}.type={typ!r} does not fit field {fields[0]!r} "
-                         f"({FIELDS[fields[0]][2]})")
+                         f"({FIELDS[fields[0]][2]}); valid: {'real' if FIELDS[fields[0]][2] == 'real' else 'int'}")
     return Gene(name, tuple(fields), typ, low, high, scale)
 
 

@@ -47,6 +47,9 @@ class NetworkConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "NetworkConfig":
         cfg = dict(cfg or {})
+        unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown trainer.network key(s) {sorted(unknown)}")
         if cfg.get("encoder", cls.encoder) not in ENCODERS:
             raise ValueError(f"trainer.network.encoder={cfg['encoder']!r}; valid: {ENCODERS}")
         for k in ("channels", "hidden"):
