@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from aci_jax.config import ConfigError
 
@@ -89,6 +89,8 @@ class RunFolder:
         if kind not in KINDS:
             raise ValueError(f"run kind {kind!r}; valid: {KINDS}")
         path = Path(path)
+        if path.is_dir():  # before touching anything: a folder of another kind is left as it is
+            cls._check_kind(path, kind)
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -99,9 +101,15 @@ class RunFolder:
             _lock(fd, path)
             run = cls._check_kind(path, kind)
             resumed = (path / "config.yaml").is_file()
+            changed = False
+            cfg = _located(cfg, path)
             if resumed:
-                cfg = _agree(OmegaConf.load(path / "config.yaml"), cfg, path)
+                saved = _located(OmegaConf.load(path / "config.yaml"), path)
+                cfg = _agree(saved, cfg, path)
+                changed = any(not _under(k, OPERATIONAL) for k in config_changes(saved, cfg))
             folder = cls(path, cfg, kind, fd, resumed)
+            if changed:  # an extended run or an allowed change: config.yaml says what the run is now
+                folder.save_config()
             if not resumed:
                 atomic_write(path / "run.json", json.dumps({"kind": kind, "created": _now(),
                                                             "host": socket.gethostname()}, indent=1))
@@ -124,7 +132,11 @@ class RunFolder:
                 raise ConfigError(f"run_dir={str(path)!r} holds a run without run.json (a training run); "
                                   f"a {kind} needs its own folder: pass another run_dir")
             return None
-        run = json.loads(info.read_text())
+        try:
+            run = json.loads(info.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{info}: not JSON ({e}); a run folder's run.json is written once, atomically: "
+                              f"restore it or pass another run_dir") from None
         if run.get("kind") != kind:
             raise ConfigError(f"run_dir={str(path)!r} holds a {run.get('kind')} run; a {kind} writes into "
                               f"its own folder: pass another run_dir")
@@ -143,6 +155,17 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _located(cfg: DictConfig, path: Path) -> DictConfig:
+    """A copy of `cfg` whose `run_dir` is the folder it runs in (not the default
+    `runs/${expname}/${now:...}`, which resolves only under Hydra and to another folder each time)."""
+    if "run_dir" not in cfg:
+        return cfg
+    cfg = cfg.copy()
+    with read_write(cfg):
+        cfg.run_dir = str(path.absolute())
+    return cfg
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -201,19 +224,35 @@ def _agree(saved: DictConfig, new: DictConfig, path: Path) -> DictConfig:
 
 # -- files ------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A failed write's OSError naming the file (a failed flush on a full disk names none)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and an atomic rename (fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with _naming(path), open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, row: dict) -> None:
     """Append one JSON line and fsync it: a crash can leave only a torn last line."""
-    with open(path, "a") as f:
+    with _naming(path), open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -103,8 +103,12 @@ class RunLog:
             if len(self.rows[name]) != len(rows) or (p.exists() and not p.read_text().endswith("\n")
                                                      and p.stat().st_size):
                 rewrite_jsonl(p, self.rows[name])
-        # Events of a killed run after the checkpoint are hidden from the step after it on.
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps + 1 if env_steps else None)
+        # Events of an earlier start after the resumed checkpoint (a killed run's, or all of them
+        # when it had none) are hidden from the step after the checkpoint on. A new events file per
+        # start: tensorboardX names it by the second, and a second start within it would truncate it.
+        tb = run_dir / "tb"
+        self.tb = SummaryWriter(str(tb), purge_step=env_steps + 1 if tb.is_dir() else None,
+                                filename_suffix=f".{time.time_ns()}")
 
     def write(self, name: str, row: dict) -> None:
         self.rows[name].append(row)
@@ -177,7 +181,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> dict:
     patience = t.get("early_stop")
     stopped = lambda: patience is not None and _since_best(log.rows["eval"])[1] >= int(patience)
     eval_key = jax.random.PRNGKey(int(cfg.seed) + 1)
-    done, t_first, t0 = 0, None, time.perf_counter()
+    done, t_first, t0, ok = 0, None, time.perf_counter(), False
     try:
         while int(ts.iteration) < n_it and not stopped() and (stop_after is None or done < stop_after):
             t_it = time.perf_counter()
@@ -203,10 +207,14 @@ def _train(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> dict:
             if stopped():
                 print(f"[train] early stop: {patience} evaluations without improvement")
             result["fitness"] = finish(b, ts, cfg, run_dir, best_mngr, log)
-    finally:
-        mngr.close()
-        best_mngr.close()
-        log.close()
+        ok = True
+    finally:  # after a failure (a full disk, ...) closing must not hide it: its own errors are dropped
+        for close in (lambda: checkpoint.close(mngr), lambda: checkpoint.close(best_mngr), log.close):
+            try:
+                close()
+            except Exception:
+                if ok:
+                    raise
     print(f"[train] {done} iterations in {time.perf_counter() - t0:.1f} s; run folder {run_dir}")
     return result
 

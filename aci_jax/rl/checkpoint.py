@@ -9,7 +9,11 @@ it; a step whose shapes differ from the config's is a ConfigError (a config chan
 
 from __future__ import annotations
 
+import contextlib
+import logging as pylogging
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,34 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 logging.set_verbosity(logging.WARNING)  # orbax logs every step of a save at INFO
+
+
+class _NoTraceback(pylogging.Filter):
+    """orbax logs a failed save (a full disk) from each of its threads with a traceback before the
+    error reaches the caller, who reports it: keep those log lines, drop their tracebacks."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+logging.get_absl_logger().addFilter(_NoTraceback())
+
+
+def _closed_loop(value) -> bool:
+    return type(value) is RuntimeError and str(value) == "Event loop is closed"
+
+
+def _quiet_closed_loop(excepthook, unraisablehook):
+    """After a failed save or restore, orbax closes its event loop while tensorstore reads or writes
+    are still in flight; as each finishes, tensorstore reports the `RuntimeError('Event loop is
+    closed')` of its callback (dozens of tracebacks that say nothing: the failure itself is raised
+    to the caller). Drop exactly those."""
+    sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else excepthook(kind, value, tb)
+    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisablehook(u)
+
+
+_quiet_closed_loop(sys.excepthook, sys.unraisablehook)
 
 from aci_jax.config import ConfigError
 
@@ -40,10 +72,34 @@ def _flat(state: Any) -> dict:
     return {re.sub(r"\W+", "_", jax.tree_util.keystr(p)).strip("_"): x for p, x in leaves if np.size(x)}
 
 
+@contextlib.contextmanager
+def disk_errors(directory: Path):
+    """A failed write of orbax/tensorstore (a full or read-only disk: a ValueError saying
+    `os_error_code=N`) as the OSError it is, so the commands report it in one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(directory)) from e
+    except Exception as e:
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory)) from e
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
     """Save `state` at `step` and wait for it (a later crash keeps this one whole)."""
-    mngr.save(int(step), args=ocp.args.StandardSave(_flat(state)), force=True)
-    mngr.wait_until_finished()
+    with disk_errors(mngr.directory):
+        mngr.save(int(step), args=ocp.args.StandardSave(_flat(state)), force=True)
+        mngr.wait_until_finished()
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+    """Close `mngr` (it waits for a pending save: its errors as in `save`)."""
+    with disk_errors(mngr.directory):
+        mngr.close()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
@@ -80,9 +136,13 @@ def _check_shapes(mngr: ocp.CheckpointManager, step: int, like_flat: dict, where
                                 f"{tuple(np.shape(x))}: saved by another config")
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
+    """The first line of the error at the root of `e` (orbax wraps tensorstore's, which says what
+    is wrong, in one that says only which array it was reading)."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {(lines[0] if lines else '')[:160]}"
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
 def restore_newest(directory: Path, like: Any, move_aside: bool = True,
