@@ -105,6 +105,8 @@ ENV_REQUIRED = ("physics_dt", "frame_skip", "max_episode_steps", "frame_stack", 
 RENDER = (
     ("supersample", count()), ("background", RGB), ("max_eyes", nullable(count(), "the agent's own")),
     ("max_resolution", nullable(count(), "the agent's own")), ("view_size", count()),
+    ("max_pixels", nullable(count(), "the image buffer layout")),
+    ("max_width", nullable(count(), "render.max_resolution")), ("max_height", nullable(count(), "render.max_resolution")),
 )
 POINT_AGENT = (
     ("trainable", BOOL), ("mass", POSITIVE), ("kv", POSITIVE), ("max_speed", POSITIVE), ("speed", POSITIVE),
@@ -240,7 +242,8 @@ def _validate_env(env: DictConfig, where: str) -> None:
                 raise ConfigError(f"{where}.agents.{name}.texture: {e}") from None
     if len(trainable) != 1:
         raise ConfigError(f"{where}.agents: need exactly one trainable point agent, got {trainable}")
-    _validate_eyes(agents[trainable[0]].get("eyes"), env.render, f"{where}.agents.{trainable[0]}.eyes")
+    _validate_eyes(agents[trainable[0]].get("eyes"), env.render, f"{where}.agents.{trainable[0]}.eyes",
+                   int(env.frame_stack))
     for name, m in env.mazes.items():
         _validate_maze(name, m, agents, f"{where}.mazes.{name}")
     from aci_jax.envs.tasks import validate_task  # late: tasks import jax
@@ -248,7 +251,7 @@ def _validate_env(env: DictConfig, where: str) -> None:
     validate_task(env.task, agents, f"{where}.task")
 
 
-def _validate_eyes(eyes, render, key: str) -> None:
+def _validate_eyes(eyes, render, key: str, frame_stack: int) -> None:
     if eyes is None:
         raise ConfigError(f"{key} is missing; e.g. '/eyes@env.agents.agent.eyes: detection'")
     for field in ("num_eyes", "resolution", "fov", "lat_range", "lon_range"):
@@ -272,10 +275,22 @@ def _validate_eyes(eyes, render, key: str) -> None:
     if render.max_eyes is not None and n > render.max_eyes:
         raise ConfigError(f"{key}.num_eyes={list(eyes.num_eyes)} gives {n} eyes, more than "
                           f"render.max_eyes={render.max_eyes}; valid: at most {render.max_eyes}")
-    if render.max_resolution is not None and max(eyes.resolution) > render.max_resolution:
-        raise ConfigError(f"{key}.resolution={list(eyes.resolution)} does not fit the buffer "
-                          f"render.max_resolution={render.max_resolution}; valid: each <= "
-                          f"{render.max_resolution}")
+    for i, side in ((0, "width"), (1, "height")):
+        name = f"max_{side}" if render.get(f"max_{side}") is not None else "max_resolution"
+        limit = render.get(name)
+        if limit is not None and eyes.resolution[i] > limit:
+            raise ConfigError(f"{key}.resolution={list(eyes.resolution)} does not fit the buffer "
+                              f"render.{name}={limit}; valid: {side} <= {limit}")
+    pixels = n * eyes.resolution[0] * eyes.resolution[1]
+    if render.get("max_pixels") is not None and pixels > render.max_pixels:
+        raise ConfigError(f"{key}: num_eyes={list(eyes.num_eyes)} of resolution={list(eyes.resolution)} "
+                          f"are {pixels} pixels, more than render.max_pixels={render.max_pixels}; valid: "
+                          f"n_lat·n_lon·width·height <= {render.max_pixels}")
+    for gene, hi in (("frame_stack", frame_stack), ("policy_width", None)):  # optional genes
+        v = eyes.get(gene)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi and v > hi)):
+            raise ConfigError(f"{key}.{gene}={v!r} must be null or an integer >= 1"
+                              + (f" and <= env.frame_stack={hi}" if hi else ""))
 
 
 def _validate_maze(name: str, m, agents: dict, key: str) -> None:

@@ -200,11 +200,14 @@ def _under(key: str, roots: Iterable[str]) -> bool:
 
 
 def config_changes(saved: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (saved value, new value)} of every leaf that differs (missing: '<absent>')."""
+    """{dotted key: (saved value, new value)} of every leaf that differs (missing: '<absent>').
+
+    A key missing on one side and null on the other is no change: keys added to the configs later
+    default to null, meaning the behaviour from before they existed (e.g. `env.render.max_pixels`)."""
     a = _flat(OmegaConf.to_container(saved, resolve=True))
     b = _flat(OmegaConf.to_container(new, resolve=True))
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")}
+            if a.get(k) != b.get(k)}
 
 
 def _agree(saved: DictConfig, new: DictConfig, path: Path) -> DictConfig:

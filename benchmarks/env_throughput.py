@@ -243,7 +243,7 @@ class JaxEnvBench:
                 "all_env_steps_per_s": [env_steps / w for w, _ in windows],
                 "steps": self.n_steps, "seconds": wall, "cpu_seconds": cpu, "compile_s": self.compile_s,
                 "reset_compile_s": self.reset_compile_s,
-                "rays_per_env_step": b.max_eyes * b.max_res ** 2 * b.supersample ** 2}
+                "rays_per_env_step": b.pixels * b.supersample ** 2}
 
     def breakdown(self) -> dict:
         """µs per env step (wall, all devices together) of the step's parts, timed alone on the

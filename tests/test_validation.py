@@ -101,6 +101,9 @@ BAD = [  # (overrides, the key the error must name)
     ([f"{A}.eyes.num_eyes=[1]"], f"{A}.eyes.num_eyes=[1]"),
     ([f"{A}.eyes.lat_range=[10,-10]"], f"{A}.eyes.lat_range=[10, -10]"),
     ([f"{A}.eyes.lon_range=[0,200]"], f"{A}.eyes.lon_range=[0, 200]"),
+    (["env.render.max_pixels=0"], "env.render.max_pixels=0"),
+    (["env.render.max_width=-2"], "env.render.max_width=-2"),
+    (["env.render.max_height=1.5"], "env.render.max_height=1.5"),
     # evo: numbers, then genes, initial conditions, constraints and strategy
     (["evo.population_size=0"], "evo.population_size=0"),
     (["evo.num_generations=-1"], "evo.num_generations=-1"),

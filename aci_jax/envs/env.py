@@ -5,6 +5,11 @@ point agent's controller sets the actuators, `frame_skip` MJX sub-steps run (con
 each), the task's functions score the step, step hooks run, finished episodes are reset in place
 (new maze, spawn cells, wall textures), wall proxies follow the agent, and the eyes render the new
 frame into the frame stack.
+
+Eye observations: one (stack, H, W, 3) image per eye slot keyed by name (buffer layout), or with
+`env.render.max_pixels` = P one `pixels` (stack, P, 3) of the individual's real pixels, packed
+(`geometry.packed_slots`; zeros in unused slots), so a step casts only P · supersample² rays.
+`render_eyes` gives display images in both layouts.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from omegaconf import DictConfig
 
 from aci_jax.config import env_config
 from aci_jax.envs.tasks import StepContext, build_task
-from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_rays, pixel_mask, static_buffer
+from aci_jax.eyes.geometry import (EyeBuffer, EyeParams, eye_rays, packed_rays, packed_slots, pixel_mask,
+                                   static_buffer, unpack)
 from aci_jax.eyes.render import RenderScene, cast_rays, make_render_scene
 from aci_jax.world.scene import PROXY_PARK_Z, World, build_world
 
@@ -68,6 +74,8 @@ class Env:
         self.default_eyes = EyeParams.from_config(self.eyes_cfg)
         self.buffer: EyeBuffer = static_buffer(self.eyes_cfg, env_cfg.render)
         self.eye_names = self.buffer.names(tuple(self.eyes_cfg.num_eyes))
+        # The observation's image keys: one per eye slot, or the packed layout's one `pixels`.
+        self.image_keys = ("pixels",) if self.buffer.packed else tuple(self.eye_names)
         self.scene: RenderScene = make_render_scene(self.world, tuple(env_cfg.render.background))
         self.n_mazes = len(self.world.mazes)
         self.frame_skip = int(env_cfg.frame_skip)
@@ -141,8 +149,11 @@ class Env:
 
     @property
     def observation_size(self) -> dict[str, tuple]:
-        r = self.buffer.max_res
-        shapes = {name: (self.stack, r, r, 3) for name in self.eye_names}
+        b = self.buffer
+        if b.packed:
+            shapes = {"pixels": (self.stack, b.max_pixels, 3)}
+        else:
+            shapes = {name: (self.stack, b.height, b.width, 3) for name in self.eye_names}
         shapes.update(action=(self.stack, 2), contact=(self.stack, 1))
         return shapes
 
@@ -341,8 +352,14 @@ class Env:
         return xpos
 
     def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
-        """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²)."""
+        """Eye images (max_eyes, H, W, 3), depth (max_eyes, H, W) and geom ids (max_eyes, H, W, s²)
+        for display and diagnostics. Packed layout: `render_packed`'s P pixels unpacked (0, inf
+        and -1 outside the individual's pixels); buffer layout: every buffer pixel is cast."""
         b = self.buffer
+        if b.packed:
+            rgb, depth, geom = self.render_packed(data, eyes, wall_material)
+            return (unpack(rgb, eyes, b), unpack(depth, eyes, b, axis=-1, fill=jnp.inf),
+                    unpack(geom, eyes, b, fill=-1))
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
         origins, dirs = eye_rays(eyes, b, origin, pos[2], self.agent.radius)
@@ -355,13 +372,32 @@ class Env:
         img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]
         return img, depth.reshape(shape).min(-1), geom.reshape(shape)
 
+    def render_packed(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
+        """Packed layout: pixels (P, 3) (zeros in unused slots), depth (P,) and geom ids (P, s²) of
+        the slots `geometry.packed_slots` lays out; P · s² rays."""
+        b = self.buffer
+        pos = data.qpos[self.agent.qpos_adr]
+        origin = jnp.array([pos[0], pos[1], self.agent.radius])
+        origins, dirs = packed_rays(eyes, b, origin, pos[2], self.agent.radius)
+        o = jnp.broadcast_to(origins[:, None], dirs.shape).reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
+                                     exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material))
+        shape = dirs.shape[:-1]
+        valid = packed_slots(eyes, b)[3]
+        img = rgb.reshape(*shape, 3).mean(-2) * valid[:, None]
+        return img, depth.reshape(shape).min(-1), geom.reshape(shape)
+
     def _wall_material(self, group_material: jax.Array) -> jax.Array:
         _, _, geom_group = self._wall_choices
         return jnp.where(geom_group >= 0, group_material[jnp.maximum(geom_group, 0)], -1)
 
     def _observe(self, data: mjx.Data, info: dict, last_action: jax.Array, contact: jax.Array) -> dict:
-        img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
-        obs = {name: img[k] for k, name in enumerate(self.eye_names)}
+        if self.buffer.packed:
+            obs = {"pixels": self.render_packed(data, info["eyes"], info["wall_material"])[0]}
+        else:
+            img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
+            obs = {name: img[k] for k, name in enumerate(self.eye_names)}
         obs.update(action=last_action.astype(jnp.float32), contact=contact.astype(jnp.float32)[None])
         return obs
 
