@@ -267,7 +267,9 @@ def static_maxima(genome: Genome) -> dict[str, int]:
     budget = min([kw.get("budget", 50) for name, fn, kw in genome.constraints if fn is total_pixels] or [math.inf])
     eyes = val("num_eyes.0") * val("num_eyes.1")
     res = max(val("resolution.0"), val("resolution.1"))
+    w, h = min(val("resolution.0"), budget), min(val("resolution.1"), budget)
     out = {"max_eyes": int(min(eyes, budget)), "max_resolution": int(min(res, budget)),
+           "max_width": int(w), "max_height": int(h),
            "max_pixels": int(min(eyes * val("resolution.0") * val("resolution.1"), budget))}
     if hi["frame_stack"] is not None:
         out["frame_stack"] = int(hi["frame_stack"])

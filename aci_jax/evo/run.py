@@ -52,18 +52,18 @@ def genome_of(cfg: DictConfig) -> Genome:
 
 
 def population_config(cfg: DictConfig, genome: Genome) -> DictConfig:
-    """The config every individual trains with: the exp's, with static buffer maxima that hold every
-    feasible individual (from the gene bounds and the pixel budget) unless set explicitly."""
+    """The config every individual trains with: the exp's, with static maxima that hold every feasible
+    individual (from the gene bounds and the pixel budget) unless set explicitly, in the packed pixel
+    layout: each individual renders, observes and encodes `max_pixels` pixel slots (ACI's budget:
+    50), whatever its eyes' layout, so its cost follows its own pixels, not max_eyes × width × height."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     m = static_maxima(genome)
     r = cfg.env.render
-    for key in ("max_eyes", "max_resolution"):
+    for key in ("max_eyes", "max_resolution", "max_width", "max_height", "max_pixels"):
         if r.get(key) is None:
             r[key] = m[key]
         if "eval_env" in cfg and "render" in cfg.eval_env and cfg.eval_env.render.get(key) is None:
             cfg.eval_env.render[key] = r[key]
-    if "max_pixels" in r and r.get("max_pixels") is None:
-        r["max_pixels"] = m["max_pixels"]
     if "frame_stack" in m:
         cfg.env.frame_stack = m["frame_stack"]
     if "policy_width" in m:
