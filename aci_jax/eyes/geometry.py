@@ -97,14 +97,23 @@ class EyeBuffer:
 def eye_placements(p: EyeParams, buf: EyeBuffer) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(lat, lon) in radians per eye slot (max_eyes,) and the slot validity mask.
 
-    Slot k is grid cell (k // n_lon, k % n_lon); eyes are evenly spaced strictly inside each range,
-    so a single eye sits at the middle of its range.
+    Slot k is grid cell (k // n_lon, k % n_lon). As ACI: n eyes over a range sit at evenly spaced
+    points including its ends (8 eyes over [-90, 90]: ±12.9 … ±90), so the range says how far round
+    the body the eyes reach; a single eye sits at the middle; over a full circle (a lon span of 360°)
+    n eyes are 360°/n apart, so the two ends do not put two eyes at one spot.
     """
     n_lat, n_lon = p.num_eyes[0], p.num_eyes[1]
     k = jnp.arange(buf.max_eyes)
     a, b = k // n_lon, k % n_lon
-    lat = p.lat_range[0] + (p.lat_range[1] - p.lat_range[0]) * (a + 1) / (n_lat + 1)
-    lon = p.lon_range[0] + (p.lon_range[1] - p.lon_range[0]) * (b + 1) / (n_lon + 1)
+
+    def spread(rng, n, i, circle: bool):
+        span = rng[1] - rng[0]
+        full = circle & (span >= 360.0 - 1e-4)
+        step = jnp.where(full, span / n, span / jnp.maximum(n - 1, 1))
+        return jnp.where(n > 1, rng[0] + step * i, (rng[0] + rng[1]) / 2)
+
+    lat = spread(p.lat_range, n_lat, a, False)
+    lon = spread(p.lon_range, n_lon, b, True)
     return jnp.deg2rad(lat), jnp.deg2rad(lon), k < n_lat * n_lon
 
 
