@@ -15,6 +15,9 @@ from aci_jax.world.textures import validate_texture_name
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 HEADINGS = ("absolute", "relative")
+OPTICS_KEYS = ("enabled", "aperture", "lens", "height_map", "mask", "focal_length", "f_number",
+               "refractive_index", "wavelengths", "depths", "noise_std", "psf_size", "pupil_samples",
+               "psf_oversample", "height_samples")
 AGENT_KINDS = ("point", "object")
 
 
@@ -144,6 +147,57 @@ def _validate_eyes(eyes, render, key: str) -> None:
         raise ConfigError(f"{key}.resolution={list(eyes.resolution)} does not fit the buffer "
                           f"render.max_resolution={render.max_resolution}; valid: each <= "
                           f"{render.max_resolution}")
+    if eyes.get("optics") is not None:
+        _validate_optics(eyes.optics, f"{key}.optics")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_optics(o, key: str) -> None:
+    """The optics eye's settings (aci_jax/eyes/optics.py); checked even when disabled."""
+    unknown = sorted(set(o) - set(OPTICS_KEYS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; valid: {list(OPTICS_KEYS)}")
+    for k in ("enabled", "lens"):
+        if k in o and not isinstance(o[k], bool):
+            raise ConfigError(f"{key}.{k}={o[k]!r} must be true or false")
+    a = o.get("aperture", 1.0)
+    if not (_number(a) and 0 <= a <= 1):
+        raise ConfigError(f"{key}.aperture={a!r} must be a number in [0, 1] (radius fraction of the pupil)")
+    for k in ("focal_length", "f_number"):
+        if k in o and not (_number(o[k]) and o[k] > 0):
+            raise ConfigError(f"{key}.{k}={o[k]!r} must be a number > 0")
+    n = o.get("refractive_index", 1.5)
+    if not (_number(n) and n > 1):
+        raise ConfigError(f"{key}.refractive_index={n!r} must be a number > 1")
+    w = o.get("wavelengths")
+    if w is not None and not (len(w) == 3 and all(_number(x) and 100 <= x <= 10000 for x in w)):
+        raise ConfigError(f"{key}.wavelengths={w!r} must be three wavelengths in nm (R, G, B), "
+                          "each in [100, 10000]")
+    z = o.get("depths")
+    if z is not None and not (len(z) >= 1 and all(_number(x) and x > 0 for x in z)):
+        raise ConfigError(f"{key}.depths={z!r} must be a non-empty list of depths > 0 (m)")
+    ns = o.get("noise_std", 0.0)
+    if not (_number(ns) and ns >= 0):
+        raise ConfigError(f"{key}.noise_std={ns!r} must be a number >= 0")
+    ps = o.get("psf_size", 5)
+    if not (isinstance(ps, int) and not isinstance(ps, bool) and ps >= 1 and ps % 2 == 1):
+        raise ConfigError(f"{key}.psf_size={ps!r} must be an odd integer >= 1 (pixels)")
+    for k, lo in (("pupil_samples", 32), ("psf_oversample", 1), ("height_samples", 2)):
+        v = o.get(k)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+            raise ConfigError(f"{key}.{k}={v!r} must be an integer >= {lo}")
+    h = o.get("height_map")
+    if h is not None and not (len(h) >= 2 and all(_number(x) for x in h)):
+        raise ConfigError(f"{key}.height_map={h!r} must be null or a list of >= 2 heights (m)")
+    m = o.get("mask")
+    if m is not None:
+        rows = [list(r) if not isinstance(r, (int, float, str)) else None for r in m]
+        if (not rows or any(r is None or len(r) != len(rows[0]) or not r for r in rows)
+                or any(not _number(x) or x not in (0, 1) for r in rows for x in r)):
+            raise ConfigError(f"{key}.mask={m!r} must be null or a rectangular list of rows of 0/1")
 
 
 def _validate_maze(name: str, m, agents: dict, key: str) -> None:

@@ -3,7 +3,9 @@
 Morphology is data: an individual's eyes are an `EyeParams` of arrays (grid size, resolution, fov,
 placement ranges). Buffers are sized by static maxima (`max_eyes`, `max_res` pixels per side,
 `supersample`² rays per pixel), and the individual's values decide ray directions and validity masks,
-so individuals with different eyes are rows of one vmapped batch.
+so individuals with different eyes are rows of one vmapped batch. The optics eye's aperture, lens
+and pupil mask (`optics.OpticsParams`) are arrays in `EyeParams.optics` likewise; it is None (no
+leaves) when the config has no optics, so such configs and their checkpoints keep today's layout.
 
 Conventions (ACI): lon 0 faces forward (+x of the agent), positive lon to the left, lat 0 on the
 equator; the eye sits on the agent's sphere and looks along the outward normal. Image rows run top
@@ -19,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from aci_jax.eyes.optics import OpticsConfig, OpticsParams, params_from_config
+
 
 @struct.dataclass
 class EyeParams:
@@ -29,16 +33,27 @@ class EyeParams:
     fov: jax.Array  # (2,) float: (fovx, fovy) degrees
     lat_range: jax.Array  # (2,) float degrees
     lon_range: jax.Array  # (2,) float degrees
+    optics: OpticsParams | None = None  # aperture, lens, pupil mask: only with eyes.optics.enabled
 
     @classmethod
     def from_config(cls, eyes) -> "EyeParams":
+        optics = optics_config(eyes)
         return cls(
             num_eyes=jnp.asarray(list(eyes["num_eyes"]), jnp.int32),
             resolution=jnp.asarray(list(eyes["resolution"]), jnp.int32),
             fov=jnp.asarray(list(eyes["fov"]), jnp.float32),
             lat_range=jnp.asarray(list(eyes["lat_range"]), jnp.float32),
             lon_range=jnp.asarray(list(eyes["lon_range"]), jnp.float32),
+            optics=None if optics is None else params_from_config(eyes["optics"], optics),
         )
+
+
+def optics_config(eyes) -> OpticsConfig | None:
+    """The static optics settings of an eyes config, None when it has no enabled `optics`."""
+    optics = eyes.get("optics")
+    if not optics or not optics.get("enabled", False):
+        return None
+    return OpticsConfig.from_config(optics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,17 +103,21 @@ def eye_frames(lat: jax.Array, lon: jax.Array) -> jax.Array:
 
 
 def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int,
-                supersample: int) -> jax.Array:
-    """Unit ray directions (max_res, max_res, s², 3) of a pinhole camera with rotation `frame`.
+                supersample: int, margin: int = 0) -> jax.Array:
+    """Unit ray directions (P, P, s², 3), P = max_res + 2·margin, of a pinhole camera with rotation
+    `frame`.
 
     `res` = (width, height) decides the pixel grid inside the buffer; pixel (row, col) casts s² rays
     spread evenly over its patch of the field of view. Pixels outside `res` get directions too
-    (valid but unused; masks zero them).
+    (valid but unused; masks zero them). `margin` adds that many pixels of the same pitch on each
+    side (indices -margin … max_res + margin - 1), beyond the field of view (the optics eye's blur).
     """
     s = supersample
     sub = (jnp.arange(s) + 0.5) / s
-    col = (jnp.arange(max_res)[:, None] + sub[None, :]) / res[0] - 0.5  # (max_res, s) in [-.5, .5]
-    row = (jnp.arange(max_res)[:, None] + sub[None, :]) / res[1] - 0.5
+    idx = jnp.arange(max_res + 2 * margin) - margin if margin else jnp.arange(max_res)
+    max_res = max_res + 2 * margin
+    col = (idx[:, None] + sub[None, :]) / res[0] - 0.5  # (P, s): [-.5, .5] spans the fov
+    row = (idx[:, None] + sub[None, :]) / res[1] - 0.5
     tx, ty = jnp.tan(jnp.deg2rad(fov_deg[0]) / 2), jnp.tan(jnp.deg2rad(fov_deg[1]) / 2)
     x = -2 * tx * col  # along `left`: image columns run to the right
     y = -2 * ty * row  # along `up`: image rows run downwards
@@ -111,14 +130,15 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     return dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
 
 
-def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
-    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, R, R, s², 3) of an agent."""
+def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0):
+    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, P, P, s², 3) of an agent,
+    P = R + 2·margin (see `camera_rays`)."""
     lat, lon, _ = eye_placements(p, buf)
     c, s = jnp.cos(yaw), jnp.sin(yaw)
     body = jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     frames = body @ eye_frames(lat, lon)  # (E, 3, 3) world
     origins = pos + radius * frames[:, :, 0]
-    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, buf.max_res, buf.supersample))(frames)
+    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, buf.max_res, buf.supersample, margin))(frames)
     return origins, dirs
 
 
