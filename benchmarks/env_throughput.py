@@ -240,13 +240,14 @@ class JaxEnvBench:
         windows = [self.run_steps(self.n_steps) for _ in range(a.repeats)]
         wall, cpu = min(windows)
         b = self.env.buffer
-        side = b.max_res + 2 * (self.env.optics.margin if self.env.optics is not None else 0)
+        m = self.env.optics.margin if self.env.optics is not None else 0  # optics: buffer layout only
+        pixels = b.max_eyes * (b.height + 2 * m) * (b.width + 2 * m) if m else b.pixels
         env_steps = self.n * self.n_steps
         return {"env_steps_per_s": env_steps / wall, "env_steps_per_cpu_s": env_steps / cpu,
                 "all_env_steps_per_s": [env_steps / w for w, _ in windows],
                 "steps": self.n_steps, "seconds": wall, "cpu_seconds": cpu, "compile_s": self.compile_s,
                 "reset_compile_s": self.reset_compile_s,
-                "rays_per_env_step": b.max_eyes * side ** 2 * b.supersample ** 2}
+                "rays_per_env_step": pixels * b.supersample ** 2}
 
     def breakdown(self) -> dict:
         """µs per env step (wall, all devices together) of the step's parts, timed alone on the

@@ -40,6 +40,9 @@ def test_overrides_apply():
     (["env.agents.agent.eyes.optics.wavelengths=[610,530]"], r"optics\.wavelengths=.*three wavelengths in nm"),
     (["env.agents.agent.eyes.optics.mask=[[1,2]]"], r"optics\.mask=.*rows of 0/1"),
     (["+env.agents.agent.eyes.optics.focus=1"], r"optics: unknown key\(s\) \['focus'\]; valid"),
+    (["env.agents.agent.eyes.optics.refractive_index=1"], r"optics\.refractive_index=1 must be a number > 1"),
+    (["env.agents.agent.eyes.optics.enabled=true", "env.render.max_pixels=100"],
+     r"eyes\.optics\.enabled=true needs the image buffer layout.*render\.max_pixels=100"),
 ])
 def test_bad_values_fail_at_load_time_naming_key_and_valid(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -47,5 +50,5 @@ def test_bad_values_fail_at_load_time_naming_key_and_valid(overrides, match):
 
 
 def test_unknown_exp():
-    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \['detection', 'detection_optics', 'navigation'\]"):
+    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \['detection', 'detection_aci', 'detection_optics', 'navigation', 'navigation_aci'\]"):
         load_config("flying")

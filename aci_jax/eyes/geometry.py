@@ -7,6 +7,13 @@ so individuals with different eyes are rows of one vmapped batch. The optics eye
 and pupil mask (`optics.OpticsParams`) are arrays in `EyeParams.optics` likewise; it is None (no
 leaves) when the config has no optics, so such configs and their checkpoints keep today's layout.
 
+Two pixel layouts share these maxima:
+- buffer (default): every eye slot holds a (max_height, max_width) image; cost max_eyes · H · W pixels.
+- packed (`max_pixels` = P, config `env.render.max_pixels`): the individual's real pixels fill the
+  first n_eyes · w · h of P slots (`packed_slots`), eye-major then row then column, so cost follows a
+  pixel budget (ACI: 50) rather than the product of maxima. `packed_rays` gives each slot the rays
+  `camera_rays` gives the same pixel; `unpack` scatters slots back into buffer images for display.
+
 Conventions (ACI): lon 0 faces forward (+x of the agent), positive lon to the left, lat 0 on the
 equator; the eye sits on the agent's sphere and looks along the outward normal. Image rows run top
 to bottom, columns left to right; pixel (row, col) integrates its patch of the field of view.
@@ -34,10 +41,15 @@ class EyeParams:
     lat_range: jax.Array  # (2,) float degrees
     lon_range: jax.Array  # (2,) float degrees
     optics: OpticsParams | None = None  # aperture, lens, pupil mask: only with eyes.optics.enabled
+    # Optional genes, masks over static maxima (None: off, today's behaviour; the tree then has no
+    # leaf for them, so configs, checkpoints and programs without them are unchanged):
+    frame_stack: jax.Array | None = None  # () int k: only the newest k of env.frame_stack frames reach the network
+    policy_width: jax.Array | None = None  # () int w: hidden units >= w of the policy and value MLPs are zeroed
 
     @classmethod
     def from_config(cls, eyes) -> "EyeParams":
         optics = optics_config(eyes)
+        opt = lambda k: None if eyes.get(k) is None else jnp.asarray(int(eyes[k]), jnp.int32)
         return cls(
             num_eyes=jnp.asarray(list(eyes["num_eyes"]), jnp.int32),
             resolution=jnp.asarray(list(eyes["resolution"]), jnp.int32),
@@ -45,6 +57,8 @@ class EyeParams:
             lat_range=jnp.asarray(list(eyes["lat_range"]), jnp.float32),
             lon_range=jnp.asarray(list(eyes["lon_range"]), jnp.float32),
             optics=None if optics is None else params_from_config(eyes["optics"], optics),
+            frame_stack=opt("frame_stack"),
+            policy_width=opt("policy_width"),
         )
 
 
@@ -58,11 +72,35 @@ def optics_config(eyes) -> OpticsConfig | None:
 
 @dataclasses.dataclass(frozen=True)
 class EyeBuffer:
-    """Static maxima that fix every array shape."""
+    """Static maxima that fix every array shape.
+
+    Images are (height, width) = (max_height or max_res, max_width or max_res); `max_pixels` None is
+    the buffer layout, an int P the packed one (see the module docstring).
+    """
 
     max_eyes: int
     max_res: int
     supersample: int
+    max_pixels: int | None = None
+    max_width: int | None = None
+    max_height: int | None = None
+
+    @property
+    def width(self) -> int:
+        return self.max_width or self.max_res
+
+    @property
+    def height(self) -> int:
+        return self.max_height or self.max_res
+
+    @property
+    def packed(self) -> bool:
+        return self.max_pixels is not None
+
+    @property
+    def pixels(self) -> int:
+        """Pixels rendered and observed per individual: P packed, max_eyes · H · W buffered."""
+        return self.max_pixels if self.packed else self.max_eyes * self.height * self.width
 
     def names(self, num_eyes=None) -> list[str]:
         """Eye names: `eye_{i}_{j}` of the configured grid when the buffer holds exactly it."""
@@ -86,11 +124,25 @@ def eye_placements(p: EyeParams, buf: EyeBuffer) -> tuple[jax.Array, jax.Array, 
 
 
 def pixel_mask(p: EyeParams, buf: EyeBuffer) -> jax.Array:
-    """(max_eyes, max_res, max_res) bool: which buffer pixels belong to a real eye and pixel."""
+    """(max_eyes, H, W) bool: which buffer pixels belong to a real eye and pixel."""
     _, _, eye_ok = eye_placements(p, buf)
-    r = jnp.arange(buf.max_res)
-    ok = (r[:, None] < p.resolution[1]) & (r[None, :] < p.resolution[0])
+    ok = (jnp.arange(buf.height)[:, None] < p.resolution[1]) & (jnp.arange(buf.width)[None, :] < p.resolution[0])
     return eye_ok[:, None, None] & ok[None]
+
+
+def packed_slots(p: EyeParams, buf: EyeBuffer) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(eye, row, col, valid), each (P,), of the packed layout's pixel slots.
+
+    Slot s < n_eyes · w · h holds eye s // (w·h), pixel q = s % (w·h) at row q // w, column q % w.
+    Slots beyond are invalid; their indices are clamped into range (eye max_eyes - 1, row and col 0),
+    so gathers stay in bounds, and masks zero them.
+    """
+    w, h = p.resolution[0], p.resolution[1]
+    s = jnp.arange(buf.max_pixels)
+    valid = s < p.num_eyes[0] * p.num_eyes[1] * w * h
+    q = s % (w * h)
+    eye = jnp.where(valid, s // (w * h), buf.max_eyes - 1)
+    return eye, jnp.where(valid, q // w, 0), jnp.where(valid, q % w, 0), valid
 
 
 def eye_frames(lat: jax.Array, lon: jax.Array) -> jax.Array:
@@ -102,54 +154,100 @@ def eye_frames(lat: jax.Array, lon: jax.Array) -> jax.Array:
     return jnp.stack([fwd, left, up], -1)
 
 
-def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int,
-                supersample: int, margin: int = 0) -> jax.Array:
-    """Unit ray directions (P, P, s², 3), P = max_res + 2·margin, of a pinhole camera with rotation
-    `frame`.
-
-    `res` = (width, height) decides the pixel grid inside the buffer; pixel (row, col) casts s² rays
-    spread evenly over its patch of the field of view. Pixels outside `res` get directions too
-    (valid but unused; masks zero them). `margin` adds that many pixels of the same pitch on each
-    side (indices -margin … max_res + margin - 1), beyond the field of view (the optics eye's blur).
-    """
+def _pixel_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, rows: jax.Array, cols: jax.Array,
+                supersample: int) -> jax.Array:
+    """Unit directions (..., s², 3) of pixels (rows, cols) (broadcast together, with `frame`'s
+    leading axes) of a pinhole camera: the one formula of both layouts."""
     s = supersample
     sub = (jnp.arange(s) + 0.5) / s
-    idx = jnp.arange(max_res + 2 * margin) - margin if margin else jnp.arange(max_res)
-    max_res = max_res + 2 * margin
-    col = (idx[:, None] + sub[None, :]) / res[0] - 0.5  # (P, s): [-.5, .5] spans the fov
-    row = (idx[:, None] + sub[None, :]) / res[1] - 0.5
+    col = (cols[..., None] + sub) / res[0] - 0.5  # (..., s) in [-.5, .5]
+    row = (rows[..., None] + sub) / res[1] - 0.5
     tx, ty = jnp.tan(jnp.deg2rad(fov_deg[0]) / 2), jnp.tan(jnp.deg2rad(fov_deg[1]) / 2)
     x = -2 * tx * col  # along `left`: image columns run to the right
     y = -2 * ty * row  # along `up`: image rows run downwards
-    # (row, col, sub_row, sub_col) grid flattened over the s² sub-rays
-    xg = jnp.broadcast_to(x[None, :, None, :], (max_res, max_res, s, s))
-    yg = jnp.broadcast_to(y[:, None, :, None], (max_res, max_res, s, s))
-    local = jnp.stack([jnp.ones_like(xg), xg, yg], -1).reshape(max_res, max_res, s * s, 3)
+    # (sub_row, sub_col) grid flattened over the s² sub-rays
+    shape = jnp.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+    xg = jnp.broadcast_to(x[..., None, :], (*shape, s, s))
+    yg = jnp.broadcast_to(y[..., :, None], (*shape, s, s))
+    local = jnp.stack([jnp.ones_like(xg), xg, yg], -1).reshape(*shape, s * s, 3)
+    f = frame[..., None, :, :]  # broadcast over the sub-rays
     # Elementwise rather than a (…, 3) @ (3, 3) matmul: XLA:CPU runs tiny batched dots slowly.
-    dirs = local[..., 0:1] * frame[:, 0] + local[..., 1:2] * frame[:, 1] + local[..., 2:3] * frame[:, 2]
+    dirs = local[..., 0:1] * f[..., :, 0] + local[..., 1:2] * f[..., :, 1] + local[..., 2:3] * f[..., :, 2]
     return dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
 
 
-def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0):
-    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, P, P, s², 3) of an agent,
-    P = R + 2·margin (see `camera_rays`)."""
+def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int | tuple[int, int],
+                supersample: int, margin: int = 0) -> jax.Array:
+    """Unit ray directions (H + 2·margin, W + 2·margin, s², 3) of a pinhole camera with rotation `frame`.
+
+    `max_res` is the buffer size: H = W = max_res, or (H, W). `res` = (width, height) decides the
+    pixel grid inside the buffer; pixel (row, col) casts s² rays spread evenly over its patch of the
+    field of view. Pixels outside `res` get directions too (valid but unused; masks zero them).
+    `margin` adds that many pixels of the same pitch on each side (indices -margin … H + margin - 1),
+    beyond the field of view (the optics eye's blur).
+    """
+    hgt, wid = (max_res, max_res) if isinstance(max_res, int) else max_res
+    rows = jnp.arange(hgt + 2 * margin) - margin
+    cols = jnp.arange(wid + 2 * margin) - margin
+    return _pixel_rays(frame, fov_deg, res, rows[:, None], cols[None, :], supersample)
+
+
+def _world_frames(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
+    """World-frame eye rotations (max_eyes, 3, 3) and ray origins (max_eyes, 3)."""
     lat, lon, _ = eye_placements(p, buf)
     c, s = jnp.cos(yaw), jnp.sin(yaw)
     body = jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     frames = body @ eye_frames(lat, lon)  # (E, 3, 3) world
-    origins = pos + radius * frames[:, :, 0]
-    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, buf.max_res, buf.supersample, margin))(frames)
+    return frames, pos + radius * frames[:, :, 0]
+
+
+def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0):
+    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, H + 2m, W + 2m, s², 3) of an
+    agent, m = margin (see `camera_rays`)."""
+    frames, origins = _world_frames(p, buf, pos, yaw, radius)
+    size = (buf.height, buf.width)
+    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, size, buf.supersample, margin))(frames)
     return origins, dirs
+
+
+def packed_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
+    """World-frame ray origins (P, 3) and directions (P, s², 3) of the packed layout's slots: slot
+    (eye, row, col) casts the rays `eye_rays` gives that pixel (invalid slots: some valid pixel's)."""
+    frames, origins = _world_frames(p, buf, pos, yaw, radius)
+    eye, row, col, _ = packed_slots(p, buf)
+    return origins[eye], _pixel_rays(frames[eye], p.fov, p.resolution, row, col, buf.supersample)
+
+
+def unpack(pixels: jax.Array, p: EyeParams, buf: EyeBuffer, axis: int = -2, fill=0) -> jax.Array:
+    """Packed values → buffer images: the slot axis `axis` (size P) of `pixels` becomes
+    (max_eyes, H, W), holding `fill` outside the individual's pixels. Default: RGB (..., P, 3) →
+    (..., max_eyes, H, W, 3); `axis=-1` for depth (..., P). For display (videos, mosaics) and the
+    cnn encoder: it costs max_eyes · H · W, so the env's step never calls it.
+    """
+    axis = axis % pixels.ndim
+    w, h = p.resolution[0], p.resolution[1]
+    k = jnp.arange(buf.max_eyes)[:, None, None]
+    r = jnp.arange(buf.height)[None, :, None]
+    c = jnp.arange(buf.width)[None, None, :]
+    slot = k * (w * h) + r * w + c  # (E, H, W)
+    ok = pixel_mask(p, buf) & (slot < buf.max_pixels)
+    out = jnp.take(pixels, jnp.where(ok, slot, 0), axis=axis)  # (..., E, H, W, ...)
+    ok = ok.reshape(ok.shape + (1,) * (pixels.ndim - axis - 1))
+    return jnp.where(ok, out, jnp.asarray(fill, pixels.dtype))
 
 
 def static_buffer(eyes_cfg, render_cfg) -> EyeBuffer:
     """Buffer maxima from the render config, defaulting to the configured eyes' own size."""
     n = int(eyes_cfg["num_eyes"][0]) * int(eyes_cfg["num_eyes"][1])
     res = int(max(eyes_cfg["resolution"]))
+    opt = lambda k: None if render_cfg.get(k) is None else int(render_cfg.get(k))
     return EyeBuffer(
         max_eyes=int(render_cfg.get("max_eyes") or n),
         max_res=int(render_cfg.get("max_resolution") or res),
         supersample=int(render_cfg.get("supersample", 1)),
+        max_pixels=opt("max_pixels"),
+        max_width=opt("max_width"),
+        max_height=opt("max_height"),
     )
 
 
