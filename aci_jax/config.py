@@ -121,6 +121,37 @@ EVO = (  # strategies: aci_jax.evo.strategy.STRATEGIES (checked when the strateg
 )
 
 
+_LIST = (list, tuple, ListConfig)
+
+
+def _is_mask(v) -> bool:
+    rows = [list(r) if isinstance(r, _LIST) else None for r in v] if isinstance(v, _LIST) else None
+    return (bool(rows) and all(r is not None and r and len(r) == len(rows[0]) for r in rows)
+            and all(_is_num(x) and x in (0, 1) for r in rows for x in r))
+
+
+OPTICS = (  # eyes.optics (aci_jax/eyes/optics.py); null list values: the OpticsConfig defaults
+    ("enabled", BOOL), ("aperture", Rule(lambda v: _is_num(v) and 0 <= v <= 1,
+                                         " must be a number in [0, 1] (radius fraction of the pupil)")),
+    ("lens", BOOL),
+    ("height_map", nullable(Rule(lambda v: isinstance(v, _LIST) and len(v) >= 2 and all(_is_num(x) for x in v),
+                                 " must be a list of >= 2 heights (m)"), "a thin lens of focal_length")),
+    ("mask", nullable(Rule(_is_mask, " must be a rectangular list of rows of 0/1"), "an open pupil")),
+    ("focal_length", POSITIVE), ("f_number", POSITIVE),
+    ("refractive_index", Rule(lambda v: _is_num(v) and v > 1, " must be a number > 1")),
+    ("wavelengths", nullable(Rule(lambda v: isinstance(v, _LIST) and len(v) == 3
+                                  and all(_is_num(x) and 100 <= x <= 10000 for x in v),
+                                  " must be three wavelengths in nm (R, G, B), each in [100, 10000]"),
+                             "610, 530, 470 nm")),
+    ("depths", nullable(Rule(lambda v: isinstance(v, _LIST) and len(v) >= 1 and all(_is_num(x) and x > 0 for x in v),
+                             " must be a non-empty list of depths > 0 (m)"), "the default depths")),
+    ("noise_std", RATE),
+    ("psf_size", Rule(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, " must be an odd integer >= 1 (pixels)")),
+    ("pupil_samples", count(32)), ("psf_oversample", count()),
+    ("height_samples", count(2)),
+)
+
+
 def check(section, where: str, table, required: Sequence[str] = ()) -> None:
     """Check `section`'s keys against `table`; ConfigError naming `where.key`, the value and what is valid."""
     for key, rule in table:
@@ -291,6 +322,22 @@ def _validate_eyes(eyes, render, key: str, frame_stack: int) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi and v > hi)):
             raise ConfigError(f"{key}.{gene}={v!r} must be null or an integer >= 1"
                               + (f" and <= env.frame_stack={hi}" if hi else ""))
+    o = eyes.get("optics")
+    if o is not None:
+        _validate_optics(o, f"{key}.optics")
+        if o.get("enabled", False) and render.get("max_pixels") is not None:
+            # The optics eye convolves each eye's image with its PSF: it needs the buffer layout.
+            raise ConfigError(f"{key}.optics.enabled=true needs the image buffer layout, but "
+                              f"render.max_pixels={render.max_pixels} selects the packed one; valid: "
+                              f"{key}.optics.enabled=false or render.max_pixels=null")
+
+
+def _validate_optics(o, key: str) -> None:
+    """The optics eye's settings (aci_jax/eyes/optics.py); checked even when disabled."""
+    unknown = sorted(set(o) - {k for k, _ in OPTICS})
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; valid: {[k for k, _ in OPTICS]}")
+    check(o, key, OPTICS)
 
 
 def _validate_maze(name: str, m, agents: dict, key: str) -> None:

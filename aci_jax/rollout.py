@@ -55,8 +55,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data = state.pipeline_state
         top = birdseye(env, data, state.info["wall_material"], state.info["maze"], int(r.view_size))
         behind = third_person(env, data, state.info["wall_material"], int(r.view_size))
-        eyes, _, _ = env.render_eyes(data, state.info["eyes"], state.info["wall_material"])
-        return top, behind, eyes
+        return top, behind, env.eye_images(state.obs, state.info["eyes"])  # the frame the agent sees (optics: noise too)
 
     key = jax.random.PRNGKey(int(cfg.seed))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, n))

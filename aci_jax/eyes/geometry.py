@@ -3,7 +3,9 @@
 Morphology is data: an individual's eyes are an `EyeParams` of arrays (grid size, resolution, fov,
 placement ranges). Buffers are sized by static maxima (`max_eyes`, `max_res` pixels per side,
 `supersample`² rays per pixel), and the individual's values decide ray directions and validity masks,
-so individuals with different eyes are rows of one vmapped batch.
+so individuals with different eyes are rows of one vmapped batch. The optics eye's aperture, lens
+and pupil mask (`optics.OpticsParams`) are arrays in `EyeParams.optics` likewise; it is None (no
+leaves) when the config has no optics, so such configs and their checkpoints keep today's layout.
 
 Two pixel layouts share these maxima:
 - buffer (default): every eye slot holds a (max_height, max_width) image; cost max_eyes · H · W pixels.
@@ -26,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from aci_jax.eyes.optics import OpticsConfig, OpticsParams, params_from_config
+
 
 @struct.dataclass
 class EyeParams:
@@ -36,6 +40,7 @@ class EyeParams:
     fov: jax.Array  # (2,) float: (fovx, fovy) degrees
     lat_range: jax.Array  # (2,) float degrees
     lon_range: jax.Array  # (2,) float degrees
+    optics: OpticsParams | None = None  # aperture, lens, pupil mask: only with eyes.optics.enabled
     # Optional genes, masks over static maxima (None: off, today's behaviour; the tree then has no
     # leaf for them, so configs, checkpoints and programs without them are unchanged):
     frame_stack: jax.Array | None = None  # () int k: only the newest k of env.frame_stack frames reach the network
@@ -43,6 +48,7 @@ class EyeParams:
 
     @classmethod
     def from_config(cls, eyes) -> "EyeParams":
+        optics = optics_config(eyes)
         opt = lambda k: None if eyes.get(k) is None else jnp.asarray(int(eyes[k]), jnp.int32)
         return cls(
             num_eyes=jnp.asarray(list(eyes["num_eyes"]), jnp.int32),
@@ -50,9 +56,18 @@ class EyeParams:
             fov=jnp.asarray(list(eyes["fov"]), jnp.float32),
             lat_range=jnp.asarray(list(eyes["lat_range"]), jnp.float32),
             lon_range=jnp.asarray(list(eyes["lon_range"]), jnp.float32),
+            optics=None if optics is None else params_from_config(eyes["optics"], optics),
             frame_stack=opt("frame_stack"),
             policy_width=opt("policy_width"),
         )
+
+
+def optics_config(eyes) -> OpticsConfig | None:
+    """The static optics settings of an eyes config, None when it has no enabled `optics`."""
+    optics = eyes.get("optics")
+    if not optics or not optics.get("enabled", False):
+        return None
+    return OpticsConfig.from_config(optics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,15 +186,19 @@ def _pixel_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, rows: jax.
 
 
 def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int | tuple[int, int],
-                supersample: int) -> jax.Array:
-    """Unit ray directions (H, W, s², 3) of a pinhole camera with rotation `frame`.
+                supersample: int, margin: int = 0) -> jax.Array:
+    """Unit ray directions (H + 2·margin, W + 2·margin, s², 3) of a pinhole camera with rotation `frame`.
 
     `max_res` is the buffer size: H = W = max_res, or (H, W). `res` = (width, height) decides the
     pixel grid inside the buffer; pixel (row, col) casts s² rays spread evenly over its patch of the
     field of view. Pixels outside `res` get directions too (valid but unused; masks zero them).
+    `margin` adds that many pixels of the same pitch on each side (indices -margin … H + margin - 1),
+    beyond the field of view (the optics eye's blur).
     """
     hgt, wid = (max_res, max_res) if isinstance(max_res, int) else max_res
-    return _pixel_rays(frame, fov_deg, res, jnp.arange(hgt)[:, None], jnp.arange(wid)[None, :], supersample)
+    rows = jnp.arange(hgt + 2 * margin) - margin
+    cols = jnp.arange(wid + 2 * margin) - margin
+    return _pixel_rays(frame, fov_deg, res, rows[:, None], cols[None, :], supersample)
 
 
 def _world_frames(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
@@ -191,11 +210,12 @@ def _world_frames(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, 
     return frames, pos + radius * frames[:, :, 0]
 
 
-def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
-    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, H, W, s², 3) of an agent."""
+def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0):
+    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, H + 2m, W + 2m, s², 3) of an
+    agent, m = margin (see `camera_rays`)."""
     frames, origins = _world_frames(p, buf, pos, yaw, radius)
     size = (buf.height, buf.width)
-    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, size, buf.supersample))(frames)
+    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, size, buf.supersample, margin))(frames)
     return origins, dirs
 
 
