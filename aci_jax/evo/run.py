@@ -271,7 +271,8 @@ class _Loop:
     def _save_generation(self, g, b, s, member, res, gen_best) -> None:
         state = {"meta": np.array([g, b, s], np.int64), "member": member,
                  "res": {k: np.asarray(v, np.float64) for k, v in res.items()},
-                 "gen_best": {"fitness": np.float64(gen_best["fitness"]), "index": np.int64(gen_best["index"]),
+                 "gen_best": {"fitness": np.array(gen_best["fitness"], np.float64),
+                              "index": np.array(gen_best["index"], np.int64),
                               "params": gen_best["params"]}}
         mngr = checkpoint.manager(self.dir / "generation", 2)
         step = (b + 1) * 100000 + s
@@ -301,7 +302,7 @@ class _Loop:
         like = {"meta": np.zeros(3, np.int64), "member": like_member,
                 "res": {k: np.zeros(self.pop, np.float64) for k in ("fitness", "eval_success", "eval_return",
                                                                    "best_step", "env_steps", "diverged")},
-                "gen_best": {"fitness": np.float64(0), "index": np.int64(0), "params": like_params}}
+                "gen_best": {"fitness": np.array(0.0), "index": np.array(0), "params": like_params}}
         found = checkpoint.restore_newest(self.dir / "generation", like)
         if found is None:
             return None
