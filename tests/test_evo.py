@@ -141,3 +141,15 @@ def test_tiny_evolution_resumes_mid_generation_with_the_same_records(tiny_run, t
     for ra, rb in zip(a, b):
         assert ra["seed"] == rb["seed"] and ra["gene_width"] == rb["gene_width"]
         assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-5, abs=1e-5)
+
+
+def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
+    from aci_jax.evo import analyze
+
+    d, _ = test_mode_run
+    table = analyze.main([f"run_dir={d}", f"run_dir={d}", f"out={tmp_path}"])
+    assert len(table) == 2 and table[0]["generations"] == 30 and "1x3 eyes of 14x1" in table[0]["best_eyes"]
+    assert (tmp_path / "evolutions.png").stat().st_size > 0 and (tmp_path / "summary.csv").exists()
+    with pytest.raises(SystemExit) as e:
+        analyze.main([f"run_dir={tmp_path}"])
+    assert e.value.code == 2 and "not an evolution run folder" in capsys.readouterr().err
