@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aci_jax.config import ConfigError, trainable_agents
 from aci_jax.evo.genome import Genome, as_config, genome_from_config, pixels, static_maxima
-from aci_jax.evo.population import Member, PopulationTrainer
+from aci_jax.evo.population import PopulationTrainer
 from aci_jax.evo.strategy import EvoState, Strategy
 from aci_jax.rl import checkpoint
 from aci_jax.rl.fitness import synthetic_fitness
