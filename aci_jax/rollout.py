@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
 
-from aci_jax.config import CONFIG_DIR, validate
+from aci_jax.config import CONFIG_DIR
 from aci_jax.envs.env import Env, make_env
-from aci_jax.runs import RunFolder, command_errors, output_dir
+from aci_jax.runs import RunFolder, command_errors, command_run_dir
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
 
 
@@ -96,9 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     with command_errors("rollout"):
-        validate(cfg)
-        run_dir = output_dir(cfg)
-        cfg.run_dir = str(run_dir)
+        run_dir = command_run_dir(cfg)
         with RunFolder.open(run_dir, cfg, "rollout") as folder:  # its own folder, never a training run's
             run(folder.cfg, folder.path)
 

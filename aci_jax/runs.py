@@ -228,7 +228,7 @@ def _agree(saved: DictConfig, new: DictConfig, path: Path) -> DictConfig:
 # -- files ------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _naming(path: Path):
+def naming_errors(path: Path):
     """A failed write's OSError naming the file (a failed flush on a full disk names none)."""
     try:
         yield
@@ -242,7 +242,7 @@ def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and an atomic rename (fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with _naming(path), open(tmp, "w") as f:
+        with naming_errors(path), open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -255,7 +255,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 def append_jsonl(path: Path, row: dict) -> None:
     """Append one JSON line and fsync it: a crash can leave only a torn last line."""
-    with _naming(path), open(path, "a") as f:
+    with naming_errors(path), open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -302,6 +302,17 @@ def _write_hydra_files(path: Path, cfg: DictConfig) -> None:
     atomic_write(d / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write(d / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))))
     atomic_write(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
+
+
+def command_run_dir(cfg: DictConfig) -> Path:
+    """A command's first step: validate `cfg`, then record its run folder (Hydra's output dir) as
+    `cfg.run_dir` and return it."""
+    from aci_jax.config import validate
+
+    validate(cfg)
+    run_dir = output_dir(cfg)
+    cfg.run_dir = str(run_dir)
+    return run_dir
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -24,14 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents, validate
+from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents
 from aci_jax.envs.env import Env, make_env
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
 from aci_jax.rl.evaluation import make_evaluate, make_recorder, summarize, write_videos
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
-from aci_jax.runs import RunError, RunFolder, append_jsonl, atomic_write, command_errors, output_dir, read_jsonl, rewrite_jsonl
+from aci_jax.runs import RunError, RunFolder, append_jsonl, atomic_write, command_errors, command_run_dir, read_jsonl, rewrite_jsonl
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 _BUILT: dict[str, "Built"] = {}  # config yaml -> Built: equal configs share compilations
@@ -299,9 +299,7 @@ def plot_learning_curve(run_dir: Path) -> Path:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     with command_errors("train"):
-        validate(cfg)
-        run_dir = output_dir(cfg)
-        cfg.run_dir = str(run_dir)
+        run_dir = command_run_dir(cfg)
         train_run(cfg, run_dir)
 
 

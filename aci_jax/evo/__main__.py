@@ -6,8 +6,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from aci_jax.config import CONFIG_DIR, validate
-from aci_jax.runs import command_errors, output_dir
+from aci_jax.config import CONFIG_DIR
+from aci_jax.runs import command_errors, command_run_dir
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
@@ -15,9 +15,7 @@ def main(cfg: DictConfig) -> None:
     from aci_jax.evo.run import evolve
 
     with command_errors("evo"):
-        validate(cfg)
-        run_dir = output_dir(cfg)
-        cfg.run_dir = str(run_dir)
+        run_dir = command_run_dir(cfg)
         evolve(cfg, run_dir)
 
 

@@ -53,6 +53,7 @@ def _quiet_closed_loop(excepthook, unraisablehook):
 _quiet_closed_loop(sys.excepthook, sys.unraisablehook)
 
 from aci_jax.config import ConfigError
+from aci_jax.runs import naming_errors
 
 
 def manager(directory: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
@@ -77,11 +78,10 @@ def disk_errors(directory: Path):
     """A failed write of orbax/tensorstore (a full or read-only disk: a ValueError saying
     `os_error_code=N`) as the OSError it is, so the commands report it in one line."""
     try:
-        yield
-    except OSError as e:
-        if e.filename is not None or e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, str(directory)) from e
+        with naming_errors(directory):
+            yield
+    except OSError:
+        raise
     except Exception as e:
         code = re.search(r"os_error_code='?(\d+)", str(e))
         if code is None:
