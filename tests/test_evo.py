@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import aci_jax
-from aci_jax.evo.genome import fold, genome_from_config, static_maxima
+from aci_jax.evo.genome import fold, static_maxima
 from aci_jax.evo.run import evolve, genome_of, individual_config, individual_seed, population_config, read_population
 from aci_jax.rl import checkpoint
 from aci_jax.rl.fitness import TEST_OPTIMUM, fitness

@@ -7,7 +7,7 @@ import pytest
 
 import aci_jax
 from aci_jax.eyes import optics as O
-from aci_jax.eyes.geometry import EyeParams, camera_rays, eye_rays, pixel_mask
+from aci_jax.eyes.geometry import camera_rays, eye_rays, pixel_mask
 from aci_jax.eyes.render import cast_rays
 
 CFG = O.OpticsConfig()
