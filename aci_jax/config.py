@@ -113,7 +113,10 @@ POINT_AGENT = (
     ("heading", choice(*HEADINGS)), ("max_turn", POSITIVE), ("yaw_kp", POSITIVE), ("yaw_kv", RATE),
     ("init_yaw", nullable(number(), "random at each reset")),
 )
-OBJECT_AGENT = (("emission", RATE), ("turned", BOOL))
+OBJECT_AGENT = (("emission", RATE), ("turned", BOOL))  # `mover`: aci_jax.envs.movers.validate_mover
+LIGHTING = (  # env.lighting (aci_jax.world.scene): how the scene is lit
+    ("sun", BOOL), ("headlight", BOOL), ("wall_emission", RATE),
+)
 EVO = (  # strategies: aci_jax.evo.strategy.STRATEGIES (checked when the strategy is built)
     ("population_size", count()), ("num_generations", count()), ("sigma", POSITIVE), ("warm_start", UNIT),
     ("infeasible", choice("resample", "penalty")), ("max_resamples", count(0)), ("penalty_fitness", number()),
@@ -255,6 +258,11 @@ def trainable_agents(env: DictConfig) -> list[str]:
 def _validate_env(env: DictConfig, where: str) -> None:
     check(env, where, ENV, required=ENV_REQUIRED)
     check(env.render, f"{where}.render", RENDER, required=("supersample",))
+    if env.get("lighting") is not None:
+        unknown = sorted(set(env.lighting) - {k for k, _ in LIGHTING})
+        if unknown:
+            raise ConfigError(f"{where}.lighting: unknown key(s) {unknown}; valid: {[k for k, _ in LIGHTING]}")
+        check(env.lighting, f"{where}.lighting", LIGHTING)
     if not env.mazes:
         raise ConfigError(f"{where}.mazes is empty; add one, e.g. 'exp=detection' or a maze config")
     if not env.agents:
@@ -266,6 +274,14 @@ def _validate_env(env: DictConfig, where: str) -> None:
             raise ConfigError(f"{where}.agents.{name}.kind={a.get('kind')!r}; valid: {AGENT_KINDS}")
         check(a, f"{where}.agents.{name}", (("radius", POSITIVE),), required=("radius",))
         check(a, f"{where}.agents.{name}", POINT_AGENT if a.kind == "point" else OBJECT_AGENT)
+        if a.get("mover") is not None:
+            if a.kind != "object":
+                raise ConfigError(f"{where}.agents.{name}.mover: only objects (kind: object) can be scripted "
+                                  f"movers, '{name}' is kind {a.kind!r}; valid: remove the mover or use kind: object")
+            from aci_jax.envs.movers import validate_mover  # late: movers import jax
+
+            validate_mover(a.mover, list(trainable) + [n for n, b in agents.items() if b.get("kind") == "object"],
+                           f"{where}.agents.{name}.mover")
         if a.get("texture"):
             try:
                 validate_texture_name(a.texture)

@@ -53,8 +53,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     @jax.jit
     def frame(state):
         data = state.pipeline_state
-        top = birdseye(env, data, state.info["wall_material"], state.info["maze"], int(r.view_size))
-        behind = third_person(env, data, state.info["wall_material"], int(r.view_size))
+        top = birdseye(env, data, state.info["episode"].wall_material, state.info["episode"].maze, int(r.view_size))
+        behind = third_person(env, data, state.info["episode"].wall_material, int(r.view_size))
         return top, behind, env.eye_images(state.obs, state.info["eyes"])  # the frame the agent sees (optics: noise too)
 
     key = jax.random.PRNGKey(int(cfg.seed))

@@ -55,7 +55,7 @@ def make_sampler(env):
         mocap = data.mocap_pos.at[goal.mocap].set(jnp.where(is_goal, here, away))
         mocap = mocap.at[adversary.mocap].set(jnp.where(is_goal, away, here))
         images, _, _ = env.render_eyes(mjx.kinematics(env.mx, data.replace(qpos=qpos, mocap_pos=mocap)),
-                                       env.default_eyes, state.info["wall_material"])
+                                       env.default_eyes, state.info["episode"].wall_material)
         return images[0], is_goal, dist, az
 
     return jax.jit(jax.vmap(sample))

@@ -43,7 +43,7 @@ def views(overrides: list[str]) -> np.ndarray:
                     jnp.array([0.0, 0.0, env.world.objects[obj].radius]))
                 mocap = mocap.at[env.world.objects[other].mocap].set(jnp.array([50.0, 50.0, -10.0]))
                 img, _, _ = render(kinematics(data.replace(qpos=qpos, mocap_pos=mocap)),
-                                   env.default_eyes, state.info["wall_material"])
+                                   env.default_eyes, state.info["episode"].wall_material)
                 big = np.repeat(np.repeat(np.asarray(img[0]), PIXEL, 0), PIXEL, 1)
                 row.append(np.pad(big, ((2, 2), (2, 2), (0, 0)), constant_values=1.0))
         rows.append(np.concatenate(row, 1))

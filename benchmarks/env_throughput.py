@@ -263,8 +263,8 @@ class JaxEnvBench:
 
         def render(d, info):
             if env.optics is None:
-                return env.render_eyes(d, info["eyes"], info["wall_material"])[0]
-            return env.render_eyes(d, info["eyes"], info["wall_material"], info["optics"], info["rng"])[0]
+                return env.render_eyes(d, info["eyes"], info["episode"].wall_material)[0]
+            return env.render_eyes(d, info["eyes"], info["episode"].wall_material, info["optics"], info["rng"])[0]
 
         parts = {"physics": (self.batched(physics, 1), (self.state.pipeline_state,)),
                  "render": (self.batched(render, 2), (self.state.pipeline_state, self.state.info))}

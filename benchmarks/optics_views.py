@@ -56,7 +56,7 @@ def views(overrides: list[str]) -> np.ndarray:
                 eyes = env.default_eyes
                 eyes = eyes.replace(optics=eyes.optics.replace(aperture=jnp.float32(a), lens=jnp.float32(lens)))
                 key = jax.random.PRNGKey(int(a * 1000)) if seen else None
-                pair = [np.asarray(render(d, eyes, state.info["wall_material"], None, key)[0][0]) for d in datas]
+                pair = [np.asarray(render(d, eyes, state.info["episode"].wall_material, None, key)[0][0]) for d in datas]
                 if not seen:
                     pair = [np.clip(p / (a * a), 0.0, 1.0) for p in pair]
                 row.append(np.concatenate([panel(p) for p in pair], 1))

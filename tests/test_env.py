@@ -110,7 +110,7 @@ def test_auto_reset_and_episode_metrics(det):
     assert done[5].all()  # time limit of 6 steps (unless an object was reached earlier)
     assert all(int(x) <= 6 for x in np.asarray(states[5].metrics["length"]))
     after = states[6]
-    assert (np.asarray(after.info["step"]) == 1).all() or done[:6].any()
+    assert (np.asarray(after.info["episode"].step) == 1).all() or done[:6].any()
     # The frame stack restarted at the reset: older frames are zero again.
     assert (np.asarray(states[5].obs["eye_0_0"])[:, 0] == 0).all()
 
@@ -124,8 +124,8 @@ def test_wall_contact_recorded_and_penalised():
     contacts = 0
     for _ in range(100):  # run north into the border wall
         s = step(s, jnp.array([1.0, env.steer(s.pipeline_state, jnp.pi / 2)]))
-        contacts += float(s.info["contacts"] > 0)
-        if s.info["contacts"] > 0:
+        contacts += float(s.info["episode"].contacts > 0)
+        if s.info["episode"].contacts > 0:
             break
     assert contacts > 0
     assert float(s.reward) <= -0.5  # the -1 contact penalty dominates this step
@@ -147,7 +147,7 @@ def test_eye_sees_object_on_the_left_and_padding_is_exact():
     mocap = data.mocap_pos.at[goal].set(jnp.array([0.0, -1.5, 0.5]))
     mocap = mocap.at[env.world.objects["adversary"].mocap].set(far)
     data = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))(data.replace(qpos=qpos, mocap_pos=mocap))
-    img, depth, geom = jax.jit(env.render_eyes)(data, s.info["eyes"], s.info["wall_material"])
+    img, depth, geom = jax.jit(env.render_eyes)(data, s.info["eyes"], s.info["episode"].wall_material)
     assert int(geom[0, 0, 0, 0]) == env.world.objects["goal"].geom
     assert geom.shape[1:3] == (8, 8) and (np.asarray(img[0])[1:, :] == 0).all() and (np.asarray(img[1]) == 0).all()
     # Same eye without padding.
@@ -155,11 +155,11 @@ def test_eye_sees_object_on_the_left_and_padding_is_exact():
                                              "env.agents.agent.eyes.fov=[20,20]",
                                              "env.agents.agent.eyes.lon_range=[90,90]"])
     env2 = aci_jax.make_env(cfg2)
-    img2, _, _ = jax.jit(env2.render_eyes)(data, env2.default_eyes, s.info["wall_material"])
+    img2, _, _ = jax.jit(env2.render_eyes)(data, env2.default_eyes, s.info["episode"].wall_material)
     np.testing.assert_allclose(img2[0, 0, 0], img[0, 0, 0], atol=1e-6)
     # And the eye at lon 0 (looking forward, +x) does not see the goal.
     eyes = env.default_eyes.replace(lon_range=jnp.array([0.0, 0.0]))
-    _, _, geom0 = jax.jit(env.render_eyes)(data, eyes, s.info["wall_material"])
+    _, _, geom0 = jax.jit(env.render_eyes)(data, eyes, s.info["episode"].wall_material)
     assert int(geom0[0, 0, 0, 0]) != env.world.objects["goal"].geom
 
 
@@ -176,7 +176,7 @@ def test_stripe_orientation_visible_to_10x10_eye(obj):
     mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(jnp.array([0.0, 1.4, 0.2]))
     mocap = mocap.at[env.world.objects[other].mocap].set(jnp.array([50.0, 50.0, -10.0]))
     data = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))(data.replace(qpos=qpos, mocap_pos=mocap))
-    img, _, geom = jax.jit(env.render_eyes)(data, env.default_eyes, s.info["wall_material"])
+    img, _, geom = jax.jit(env.render_eyes)(data, env.default_eyes, s.info["episode"].wall_material)
     img = np.asarray(img[0])
     assert (np.asarray(geom[0]) == env.world.objects[obj].geom).mean() > 0.95
     redness = img[..., 0] - img[..., 2]
@@ -214,10 +214,10 @@ def test_maze_choice_per_episode(selection):
     env = aci_jax.make_env(cfg)
     step = jax.jit(jax.vmap(env.step))
     s = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 16))
-    mazes = [np.asarray(s.info["maze"])]
+    mazes = [np.asarray(s.info["episode"].maze)]
     for _ in range(6):
         s = step(s, jnp.zeros((16, 2)) - 1.0)  # stand still: every episode ends at the time limit
-        mazes.append(np.asarray(s.info["maze"]))
+        mazes.append(np.asarray(s.info["episode"].maze))
     mazes = np.stack(mazes)[::2]  # one row per episode
     if selection == "cycle":
         assert (mazes[0] == 0).all() and (mazes[1] == 1).all() and (mazes[2] == 0).all()
@@ -227,5 +227,5 @@ def test_maze_choice_per_episode(selection):
     x = np.asarray(s.pipeline_state.qpos[:, 0])
     offsets = np.array([m.offset[0] for m in env.world.mazes])
     widths = np.array([m.maze.width for m in env.world.mazes])
-    k = np.asarray(s.info["maze"])
+    k = np.asarray(s.info["episode"].maze)
     assert (np.abs(x - offsets[k]) < widths[k] / 2).all()

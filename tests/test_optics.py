@@ -209,7 +209,7 @@ def test_optics_off_images_equal_todays():
     assert len(jax.tree.leaves(env.default_eyes)) == 5  # checkpoints of plain eyes keep their layout
     s = jax.jit(env.reset)(jax.random.PRNGKey(3))
     assert "optics" not in s.info
-    old = jax.jit(_old_render, static_argnums=0)(env, s.pipeline_state, s.info["eyes"], s.info["wall_material"])
+    old = jax.jit(_old_render, static_argnums=0)(env, s.pipeline_state, s.info["eyes"], s.info["episode"].wall_material)
     assert np.array_equal(np.asarray(s.obs["eye_0_0"][-1]), np.asarray(old[0]))
     frame = jnp.eye(3)
     np.testing.assert_array_equal(camera_rays(frame, jnp.array([45.0, 10.0]), jnp.array([4, 4]), 6, 2),
@@ -278,7 +278,7 @@ def test_pinhole_blurs_the_goal_stripes(optics_env):
     render = jax.jit(env.render_eyes)  # no key: no noise
     contrast = {}
     for name, aperture, lens in (("pinhole", 0.2, 0.0), ("lens", 0.2, 1.0), ("small pinhole", 0.05, 0.0)):
-        img = np.asarray(render(data, _individual(env, aperture, lens), s.info["wall_material"])[0][0])
+        img = np.asarray(render(data, _individual(env, aperture, lens), s.info["episode"].wall_material)[0][0])
         red = (img[..., 0] - img[..., 2]) / aperture ** 2
         contrast[name] = np.abs(np.diff(red, axis=1)).mean()
     assert contrast["pinhole"] < 0.7 * contrast["lens"] and contrast["pinhole"] < 0.7 * contrast["small pinhole"]

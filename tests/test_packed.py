@@ -130,8 +130,8 @@ def test_packed_observation_equals_buffer_pixels(envs):
         np.testing.assert_allclose(sp.obs["pixels"], want, atol=1e-5, err_msg=name)
         assert float(want[-1].max()) > 0 and float(jnp.abs(sp.obs["pixels"][0]).max()) == 0  # padded stack
         # Display images: the same pictures in both layouts.
-        ib, _, gb = render_b(sb.pipeline_state, eyes, sb.info["wall_material"])
-        ip, _, gp = render_p(sp.pipeline_state, eyes, sp.info["wall_material"])
+        ib, _, gb = render_b(sb.pipeline_state, eyes, sb.info["episode"].wall_material)
+        ip, _, gp = render_p(sp.pipeline_state, eyes, sp.info["episode"].wall_material)
         assert ip.shape == ib.shape == (4, 10, 10, 3)
         np.testing.assert_allclose(ip, ib, atol=1e-5, err_msg=name)
         m = np.asarray(ip.sum(-1) > 0) | np.asarray(ib.sum(-1) > 0)

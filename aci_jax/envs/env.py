@@ -4,7 +4,10 @@ One env is unbatched and pure, so `jax.vmap` batches it and `jax.jit` compiles i
 point agent's controller sets the actuators, `frame_skip` MJX sub-steps run (contacts recorded at
 each), the task's functions score the step, step hooks run, finished episodes are reset in place
 (new maze, spawn cells, wall textures), wall proxies follow the agent, and the eyes render the new
-frame into the frame stack. With `eyes.optics.enabled`, the eyes image through their aperture
+frame into the frame stack. Scripted movers (`aci_jax.envs.movers`: maze walkers, followers, predators,
+prey) move their objects after the physics, before the task scores the step. An episode's own fields
+(maze, wall textures, step count, return, movers' waypoints...) are an `Episode` in `info['episode']`.
+With `eyes.optics.enabled`, the eyes image through their aperture
 (`aci_jax.eyes.optics`): `reset` computes the individual's PSFs once (`info['optics']`), and each
 frame is blurred, dimmed and given sensor noise from a key folded out of the state's rng.
 
@@ -23,11 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from brax.envs.base import State
+from flax import struct
 from mujoco import mjx
 from omegaconf import DictConfig
 
 from aci_jax.config import env_config
-from aci_jax.envs.tasks import StepContext, build_task
+from aci_jax.envs.movers import Mover, MoverWorld, bind_mover, maze_tables
+from aci_jax.envs.tasks import StepContext, make_task
 from aci_jax.eyes import optics as optics_lib
 from aci_jax.eyes.geometry import (EyeBuffer, EyeParams, eye_rays, optics_config, packed_rays, packed_slots,
                                    pixel_mask, static_buffer, unpack)
@@ -37,6 +42,24 @@ from aci_jax.world.scene import PROXY_PARK_Z, World, build_world
 RESET_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart", "time")
 NEIGHBOURS = np.array([(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)])
 NOISE_SALT = 0x0e7e  # the optics eye's sensor noise key: fold_in(state rng, NOISE_SALT)
+MOVER_SALT = 0x70e5  # the movers' key: fold_in(the step's hook key, MOVER_SALT)
+
+
+@struct.dataclass
+class Episode:
+    """The episode's own fields (one env, unbatched), carried in `state.info['episode']`."""
+
+    maze: jax.Array  # int: index of the episode's maze
+    wall_material: jax.Array  # (n_wall_groups,) int: the material drawn for each wall texture group
+    start_pos: jax.Array  # (2,) agent xy at the start
+    prev_pos: jax.Array  # (2,) agent xy after the previous step
+    prev_objects: jax.Array  # (n_objects, 2) objects' xy after the previous step
+    step: jax.Array  # int: steps taken
+    first_reach: jax.Array  # int: respawn tasks' first reached target (1 + index; 0: none yet)
+    ret: jax.Array  # return so far
+    contacts: jax.Array  # steps with a wall contact so far
+    mover_cell: jax.Array  # (n_movers,) int: each mover's waypoint cell (movers.MazeTables flat index)
+    mover_goal: jax.Array  # (n_movers,) int: each mover's goal cell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,16 +110,15 @@ class Env:
         self.frame_skip = int(env_cfg.frame_skip)
         self.max_steps = int(env_cfg.max_episode_steps)
         self.stack = int(env_cfg.frame_stack)
-        self._reward, self._terminated, self._truncated = build_task(env_cfg.task, self.object_names)
-        self._step_fns = [dict(s) for s in (env_cfg.task.get("step_fns") or {}).values()]
-        # Respawn tasks (detection's eval variant) never end on reaching: the first object reached
-        # decides the episode's success (the first respawn target) or failure (any other).
-        respawn = [spec for spec in self._step_fns if spec["fn"] == "respawn_on_reach"]
-        self._reach_targets = ([self.object_names.index(t) for t in respawn[0]["targets"]],
-                               float(respawn[0].get("distance", 1.0))) if respawn else None
+        self.task = make_task(env_cfg.task, self.object_names)
         self.spawn = self._spawn_table()
         self.grids = self._maze_grids()
         self._wall_choices = self._wall_material_choices()
+        self.dt = float(env_cfg.physics_dt) * self.frame_skip
+        # Scripted movers: (index into object_names, bound mover function); tables only if any.
+        self.movers = [(k, bind_mover(env_cfg.agents[n].mover, self.bodies, self.world.objects[n].radius))
+                       for k, n in enumerate(self.object_names) if env_cfg.agents[n].get("mover")]
+        self.tables = maze_tables(self.world) if self.movers else None
 
     # -- static tables ---------------------------------------------------------------------------
 
@@ -169,9 +191,9 @@ class Env:
         rng, key_maze, key_ep = jax.random.split(rng, 3)
         maze = (jax.random.randint(key_maze, (), 0, self.n_mazes) if self.cfg.maze_selection == "random"
                 else jnp.int32(0))
-        data, info = self._new_episode(key_ep, maze)
+        data, episode = self._new_episode(key_ep, maze)
         data = self._place_proxies(data, maze)
-        info.update(rng=rng, eyes=eyes)
+        info = dict(rng=rng, eyes=eyes, episode=episode)
         if self.optics is not None:
             info.update(optics=self.prepare_optics(eyes))
         frame = self._observe(data, info, jnp.zeros(2), jnp.bool_(False))
@@ -183,51 +205,50 @@ class Env:
 
     def step(self, state: State, action: jax.Array) -> State:
         info = dict(state.info)
+        ep: Episode = info["episode"]
         action = jnp.clip(action, -1.0, 1.0)
         data = self._control(state.pipeline_state, action)
         data, contacts = jax.lax.scan(self._substep, data, None, length=self.frame_skip)
         contact = contacts.any()
 
+        rng, key_hook, key_reset = jax.random.split(info["rng"], 3)
         pos = data.qpos[self.agent.qpos_adr[:2]]
-        objects = self.object_xy(data)
-        ctx = StepContext(pos=pos, prev_pos=info["prev_pos"], start_pos=info["start_pos"],
-                          objects=objects, prev_objects=info["prev_objects"], contact=contact,
-                          step=info["step"] + 1, max_steps=self.max_steps, ret=info["return"])
-        ctx = ctx.replace(terminated=self._terminated(ctx), truncated=self._truncated(ctx))
-        reward = self._reward(ctx)
+        data, ep = self._move(data, ep, jax.random.fold_in(key_hook, MOVER_SALT))
+        ctx = StepContext(pos=pos, prev_pos=ep.prev_pos, start_pos=ep.start_pos,
+                          objects=self.object_xy(data), prev_objects=ep.prev_objects, contact=contact,
+                          step=ep.step + 1, max_steps=self.max_steps, ret=ep.ret)
+        ctx = ctx.replace(terminated=self.task.terminated(ctx), truncated=self.task.truncated(ctx))
+        reward = self.task.reward(ctx)
         timeout = ctx.step >= self.max_steps
         done = ctx.terminated | ctx.truncated | timeout
 
-        rng, key_hook, key_reset = jax.random.split(info["rng"], 3)
-        data = self._run_step_fns(data, ctx, info["maze"], key_hook)
-        first = jnp.where(info["first_reach"] > 0, info["first_reach"], self._reached_target(ctx))
-        success = ctx.terminated | (done & (first == 1))
-        failure = ctx.truncated | (done & (first > 1))
-        ep = {"return": info["return"] + reward, "length": ctx.step.astype(jnp.float32),
-              "success": success.astype(jnp.float32), "failure": failure.astype(jnp.float32),
-              "contacts": info["contacts"] + contact, "episode_done": done.astype(jnp.float32)}
+        first = jnp.where(ep.first_reach > 0, ep.first_reach, self.task.first_reach(ctx))
+        data, ep = self._respawn(data, ep, self.task.effects(ctx).respawn, key_hook)
+        success, failure = self.task.outcome(ctx, done, first)
+        metrics = {"return": ep.ret + reward, "length": ctx.step.astype(jnp.float32),
+                   "success": success.astype(jnp.float32), "failure": failure.astype(jnp.float32),
+                   "contacts": ep.contacts + contact, "episode_done": done.astype(jnp.float32)}
 
         # Auto-reset: a finished episode continues as a fresh one, chosen by the maze schedule.
-        next_maze = (info["maze"] + 1) % self.n_mazes if self.cfg.maze_selection == "cycle" else \
+        next_maze = (ep.maze + 1) % self.n_mazes if self.cfg.maze_selection == "cycle" else \
             jax.random.randint(key_reset, (), 0, self.n_mazes)
-        new_data, new_info = self._new_episode(key_reset, next_maze)
-        cont_info = dict(maze=info["maze"], start_pos=info["start_pos"], prev_pos=pos,
-                         prev_objects=self.object_xy(data), step=ctx.step, wall_material=info["wall_material"],
-                         first_reach=first, **{"return": ep["return"], "contacts": ep["contacts"]})
+        new_data, new_ep = self._new_episode(key_reset, next_maze)
+        ep = ep.replace(prev_pos=pos, prev_objects=self.object_xy(data), step=ctx.step, first_reach=first,
+                        ret=metrics["return"], contacts=metrics["contacts"])
         pick = lambda a, b: jnp.where(done, a, b)
         # Only the state fields differ: everything else is recomputed by the next mjx.step.
         data = data.replace(**{f: pick(getattr(new_data, f), getattr(data, f)) for f in RESET_FIELDS})
-        for k in cont_info:
-            info[k] = pick(new_info[k], cont_info[k])
-        data = self._place_proxies(data, info["maze"])
+        ep = jax.tree.map(pick, new_ep, ep)
+        data = self._place_proxies(data, ep.maze)
         last_action = jnp.where(done, 0.0, action)
-        info.update(rng=rng, truncation=(timeout & ~ctx.terminated & ~ctx.truncated).astype(jnp.float32))
+        info.update(rng=rng, episode=ep,
+                    truncation=(timeout & ~ctx.terminated & ~ctx.truncated).astype(jnp.float32))
         frame = self._observe(data, info, last_action, jnp.where(done, False, contact))
         obs = jax.tree.map(
             lambda s, f: jnp.where(done, jnp.zeros_like(s).at[-1].set(f),
                                    jnp.concatenate([s[1:], f[None]], 0)), state.obs, frame)
         return state.replace(pipeline_state=data, obs=obs, reward=reward,
-                             done=done.astype(jnp.float32), metrics=ep, info=info)
+                             done=done.astype(jnp.float32), metrics=metrics, info=info)
 
     # -- pieces ------------------------------------------------------------------------------------
 
@@ -274,7 +295,7 @@ class Env:
             xy.append(self.spawn.xy[maze, b, c])
         return jnp.stack(xy), taken
 
-    def _new_episode(self, key: jax.Array, maze: jax.Array) -> tuple[mjx.Data, dict]:
+    def _new_episode(self, key: jax.Array, maze: jax.Array) -> tuple[mjx.Data, Episode]:
         k_cells, k_yaw, k_jit, k_tex = jax.random.split(key, 4)
         xy, _ = self._sample_cells(k_cells, maze, list(range(len(self.bodies))),
                                    -2 * jnp.ones(len(self.bodies), jnp.int32))
@@ -292,11 +313,33 @@ class Env:
         data = self._data0.replace(qpos=qpos, ctrl=ctrl, mocap_pos=mocap)
         table, counts, _ = self._wall_choices
         pick = jax.random.randint(k_tex, (table.shape[0],), 0, counts)
-        info = dict(maze=maze, start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:],
-                    step=jnp.int32(0), wall_material=table[jnp.arange(table.shape[0]), pick],
-                    first_reach=jnp.int32(0),
-                    **{"return": jnp.float32(0.0), "contacts": jnp.float32(0.0)})
-        return data, info
+        cells = self._mover_cells(maze, xy[1:])
+        episode = Episode(maze=maze, wall_material=table[jnp.arange(table.shape[0]), pick],
+                          start_pos=agent_xy, prev_pos=agent_xy, prev_objects=xy[1:], step=jnp.int32(0),
+                          first_reach=jnp.int32(0), ret=jnp.float32(0.0), contacts=jnp.float32(0.0),
+                          mover_cell=cells, mover_goal=cells)
+        return data, episode
+
+    def _mover_cells(self, maze: jax.Array, objects: jax.Array) -> jax.Array:
+        """(n_movers,) the cells under the movers among `objects` (n_objects, 2) xy."""
+        if not self.movers:
+            return jnp.zeros(0, jnp.int32)
+        return jnp.stack([self.tables.cell_of(maze, objects[k]) for k, _ in self.movers])
+
+    def _move(self, data: mjx.Data, ep: Episode, key: jax.Array) -> tuple[mjx.Data, Episode]:
+        """Every mover's step, from the positions after this step's physics (all at once)."""
+        if not self.movers:
+            return data, ep
+        objects = self.object_xy(data)
+        world = MoverWorld(bodies=jnp.concatenate([data.qpos[self.agent.qpos_adr[:2]][None], objects]),
+                           maze=ep.maze, tables=self.tables, dt=self.dt)
+        mocap, cells, goals = data.mocap_pos, [], []
+        for m, ((k, fn), key_m) in enumerate(zip(self.movers, jax.random.split(key, len(self.movers)))):
+            me = fn(Mover(objects[k], ep.mover_cell[m], ep.mover_goal[m]), world, key_m)
+            mocap = mocap.at[self.world.objects[self.object_names[k]].mocap, :2].set(me.pos)
+            cells.append(me.cell)
+            goals.append(me.goal)
+        return data.replace(mocap_pos=mocap), ep.replace(mover_cell=jnp.stack(cells), mover_goal=jnp.stack(goals))
 
     def _place_proxies(self, data: mjx.Data, maze: jax.Array) -> mjx.Data:
         """Move the maze's wall proxies onto the wall cells around the agent; park all others."""
@@ -321,31 +364,24 @@ class Env:
             mocap = mocap.at[ids].set(jnp.where(maze == k, here, parked))
         return data.replace(mocap_pos=mocap)
 
-    def _run_step_fns(self, data: mjx.Data, ctx: StepContext, maze: jax.Array, key: jax.Array) -> mjx.Data:
-        """Per-step hooks; `respawn_on_reach` moves reached objects to fresh spawn cells."""
-        for spec, k in zip(self._step_fns, jax.random.split(key, max(len(self._step_fns), 1))):
-            if spec["fn"] == "respawn_on_reach":
-                data = self._respawn_on_reach(data, ctx, maze, k, list(spec["targets"]),
-                                              float(spec.get("distance", 1.0)))
-        return data
-
-    def _reached_target(self, ctx: StepContext) -> jax.Array:
-        """1 + the index (in the respawn targets) of the first one within reach this step; 0: none."""
-        if self._reach_targets is None:
-            return jnp.int32(0)
-        targets, distance = self._reach_targets
-        hit = jnp.stack([ctx.distance(t) < distance for t in targets])
-        return jnp.where(hit.any(), jnp.argmax(hit) + 1, 0).astype(jnp.int32)
-
-    def _respawn_on_reach(self, data, ctx, maze, key, targets, distance):
-        bodies = [1 + self.object_names.index(t) for t in targets]
-        xy, _ = self._sample_cells(key, maze, bodies, -2 * jnp.ones(len(self.bodies), jnp.int32))
+    def _respawn(self, data: mjx.Data, ep: Episode, respawn: jax.Array, key: jax.Array) -> tuple[mjx.Data, Episode]:
+        """Move the objects flagged in `respawn` (n_objects,) to fresh spawn cells of their groups (a
+        respawned mover starts its path afresh from there)."""
+        if not self.task.step_fns:
+            return data, ep
+        key = jax.random.split(key, len(self.task.step_fns))[0]
+        bodies = list(range(1, len(self.bodies)))
+        xy, _ = self._sample_cells(key, ep.maze, bodies, -2 * jnp.ones(len(self.bodies), jnp.int32))
         mocap = data.mocap_pos
-        for b, new in zip(bodies, xy):
-            o = self.world.objects[self.bodies[b]]
-            hit = ctx.distance(b - 1) < distance
-            mocap = mocap.at[o.mocap, :2].set(jnp.where(hit, new, mocap[o.mocap, :2]))
-        return data.replace(mocap_pos=mocap)
+        for k, name in enumerate(self.object_names):
+            o = self.world.objects[name]
+            mocap = mocap.at[o.mocap, :2].set(jnp.where(respawn[k], xy[k], mocap[o.mocap, :2]))
+        if self.movers:
+            moved = respawn[jnp.asarray([k for k, _ in self.movers])]
+            cells = self._mover_cells(ep.maze, xy)
+            ep = ep.replace(mover_cell=jnp.where(moved, cells, ep.mover_cell),
+                            mover_goal=jnp.where(moved, cells, ep.mover_goal))
+        return data.replace(mocap_pos=mocap), ep
 
     def geom_xpos(self, data: mjx.Data) -> jax.Array:
         """Geom positions of the current state: spheres posed from qpos / mocap_pos directly.
@@ -432,12 +468,12 @@ class Env:
         """The frame of the current state; the optics eye's noise key is folded out of the rng the
         state carries (`info['rng']`, fresh every step), so other draws are unchanged."""
         if self.buffer.packed:
-            obs = {"pixels": self.render_packed(data, info["eyes"], info["wall_material"])[0]}
+            obs = {"pixels": self.render_packed(data, info["eyes"], info["episode"].wall_material)[0]}
         else:
             if self.optics is None:
-                img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
+                img, _, _ = self.render_eyes(data, info["eyes"], info["episode"].wall_material)
             else:
-                img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"], info["optics"],
+                img, _, _ = self.render_eyes(data, info["eyes"], info["episode"].wall_material, info["optics"],
                                              jax.random.fold_in(info["rng"], NOISE_SALT))
             obs = {name: img[k] for k, name in enumerate(self.eye_names)}
         obs.update(action=last_action.astype(jnp.float32), contact=contact.astype(jnp.float32)[None])

@@ -69,11 +69,11 @@ def make_recorder(ppo, env, view_size: int):
 
         def step(state, _):
             data, info = state.pipeline_state, state.info
-            top = birdseye(env, data, info["wall_material"], info["maze"], view_size)
+            top = birdseye(env, data, info["episode"].wall_material, info["episode"].maze, view_size)
             images = env.eye_images(state.obs, info["eyes"])  # as the agent saw them (optics eye: with noise)
             nxt = env.step(state, act(state.obs))
             frame = (jnp.clip(top * 255, 0, 255).astype(jnp.uint8), images,
-                     nxt.metrics["episode_done"] > 0, info["maze"])
+                     nxt.metrics["episode_done"] > 0, info["episode"].maze)
             return nxt, frame
 
         _, frames = jax.lax.scan(step, env.reset(key, eyes), None, length=steps)

@@ -153,3 +153,43 @@ def maze_from_config(name: str, cfg) -> Maze:
     """Build a maze from its config section (extra keys such as texture maps are ignored here)."""
     keys = ("map", "scale", "height", "hflip", "vflip", "rotation")
     return build_maze(name, **{k: cfg[k] for k in keys if k in cfg})
+
+
+# Neighbour order of shortest-path steps (row, col offsets): north, south, west, east. Only the four
+# side neighbours: the straight line between two side-adjacent free cell centres stays in free cells.
+STEPS = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
+
+
+def next_cell_table(wall: np.ndarray) -> np.ndarray:
+    """Shortest paths of a grid as a lookup table, built once per maze (numpy/scipy BFS).
+
+    Cells are flat indices i·cols + j. Returns `nxt` (n, n) int32 with n = rows·cols: `nxt[goal, c]`
+    is the side neighbour of cell c one step closer to `goal` along a shortest path of free cells
+    (ties: the first in `STEPS` order); c itself when c == goal, when either is a wall, or when no
+    path joins them. Following `nxt[goal]` from any free cell reaches `goal` in dist(c, goal) steps.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    rows, cols = wall.shape
+    n = rows * cols
+    free = ~wall.reshape(-1)
+    i, j = np.divmod(np.arange(n), cols)
+    nbr = -np.ones((4, n), np.int64)  # side neighbour of each cell per step, -1: outside or a wall
+    for k, (di, dj) in enumerate(STEPS):
+        ni, nj = i + di, j + dj
+        ok = (ni >= 0) & (ni < rows) & (nj >= 0) & (nj < cols)
+        idx = np.where(ok, ni * cols + nj, 0)
+        nbr[k] = np.where(ok & free & free[idx], idx, -1)
+    src, dst = np.nonzero(nbr.T >= 0)
+    graph = coo_matrix((np.ones(len(src)), (src, nbr.T[src, dst])), shape=(n, n)).tocsr()
+    dist = shortest_path(graph, unweighted=True, directed=False)  # (goal, cell), inf: unreachable
+    nxt = np.broadcast_to(np.arange(n), (n, n)).copy()
+    chosen = np.zeros((n, n), bool)
+    for k in range(4):
+        nb = nbr[k]
+        d_nb = np.where(nb >= 0, dist[:, np.maximum(nb, 0)], np.inf)
+        closer = ~chosen & np.isfinite(dist) & (d_nb == dist - 1)
+        nxt = np.where(closer, nb[None, :], nxt)
+        chosen |= closer
+    return nxt.astype(np.int32)

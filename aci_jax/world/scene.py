@@ -5,7 +5,13 @@ only, and its cost must not grow with the maze: with `proxy_walls` (the default)
 with nothing and a few cell-sized "proxy" boxes on mocap bodies (render group 3, never seen) are
 moved by the env each step onto the wall cells around the agent, so MJX's broad phase always has
 the same few candidates. `proxy_walls=False` makes the real walls collide instead (the native
-MuJoCo reference). Objects are mocap bodies: their pose is data, set at reset or on respawn.
+MuJoCo reference). Objects are mocap bodies: their pose is data, set at reset, on respawn, or every
+step by scripted movers (aci_jax.envs.movers).
+
+Lighting (`env.lighting`): a directional "sun" and MuJoCo's headlight light what has no emission (the
+floor, untextured objects); wall materials have emission `wall_emission` (1: ACI's flat, unlit look).
+Light seeking turns all three off, so only the goal's point light shows the scene (and the glowing
+goal itself: an untextured object with `emission` gets a plain material with it).
 """
 
 from __future__ import annotations
@@ -111,6 +117,9 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
     spec.add_numeric(name="max_geom_pairs", data=[float(env_cfg.get("max_geom_pairs", 4))])
     spec.add_numeric(name="max_contact_points", data=[float(env_cfg.get("max_contact_points", 4))])
     materials: dict = {}
+    lighting = dict(env_cfg.get("lighting") or {})
+    wall_emission = float(lighting.get("wall_emission", 1.0))
+    spec.visual.headlight.active = int(bool(lighting.get("headlight", True)))
 
     mazes = [maze_from_config(name, m) for name, m in env_cfg["mazes"].items()]
     widths = [m.width for m in mazes]
@@ -119,9 +128,10 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
     xs = np.cumsum([0.0] + [w + gap for w in widths[:-1]]) + np.array(widths) / 2 - total / 2
     extent = max(total, max(m.length for m in mazes)) / 2 + gap
 
-    light = spec.worldbody.add_light(name="sun", pos=[0, 0, 10], dir=[0, 0, -1],
-                                     diffuse=[0.4, 0.4, 0.4], ambient=[0.1, 0.1, 0.1])
-    light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
+    if lighting.get("sun", True):
+        light = spec.worldbody.add_light(name="sun", pos=[0, 0, 10], dir=[0, 0, -1],
+                                         diffuse=[0.4, 0.4, 0.4], ambient=[0.1, 0.1, 0.1])
+        light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
     floor = spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE,
                                     size=[extent, extent, 0.1], rgba=list(FLOOR_RGBA),
                                     contype=0, conaffinity=0)
@@ -133,8 +143,8 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
         group_mats = {}
         for g in sorted(set(maze.wall_group[maze.wall].tolist())):
             names = tex_map.get(g) or tex_map.get("default") or ["vertical_10"]
-            group_mats[g] = [_add_texture_material(spec, materials, t, 1.0 / maze.scale, True)
-                             for t in names]
+            group_mats[g] = [_add_texture_material(spec, materials, t, 1.0 / maze.scale, True,
+                                                   emission=wall_emission) for t in names]
         boxes = []
         for b, box in enumerate(maze.wall_boxes()):
             c0, c1 = maze.cell_center(box.i0, box.j0), maze.cell_center(box.i1, box.j1)
@@ -219,6 +229,8 @@ def _add_object(spec, materials: dict, name: str, a: Mapping[str, Any]):
     if a.get("texture"):  # the texture's own colours (white material): colour tells nothing apart
         kw["material"] = _add_texture_material(spec, materials, a["texture"], 1.0, False,
                                                emission=float(a.get("emission", 1.0)))
+    elif a.get("emission") is not None:  # a plain glowing sphere (the light-seeking goal)
+        kw["material"] = spec.add_material(name=f"{name}_glow", rgba=rgba, emission=float(a["emission"])).name
     body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[r, 0, 0], quat=quat,
                   rgba=rgba, contype=0, conaffinity=0, **kw)
     body.add_geom(name=f"{name}_marker", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.1 * r + 0.05, 0, 0],
