@@ -50,5 +50,5 @@ def test_bad_values_fail_at_load_time_naming_key_and_valid(overrides, match):
 
 
 def test_unknown_exp():
-    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \[.*'detection'.*'navigation'.*'quick'\]"):
+    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \[.*'detection'.*'navigation'.*'quick'.*'tracking'\]"):
         load_config("flying")

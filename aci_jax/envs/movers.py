@@ -38,7 +38,7 @@ from flax import struct
 
 from aci_jax.world.maze import next_cell_table
 
-_EPS = 1e-6
+_EPS = 1e-4  # metres: a mover this close to its waypoint's centre is on it
 
 
 @struct.dataclass
@@ -146,11 +146,13 @@ def maze_random(me: Mover, world: MoverWorld, key: jax.Array, speed: float = -0.
     """Walk the shortest path of free cells to a random free cell; within `threshold` m of it (or when
     it cannot be reached) draw the next."""
     t, maze = world.tables, world.maze
-    stuck = t.nxt[maze, me.goal, me.cell] == me.cell  # at the goal's cell, or no path to it
-    done = (jnp.linalg.norm(me.pos - t.centre(maze, me.goal)) <= threshold) | stuck
+    unreachable = (t.nxt[maze, me.goal, me.cell] == me.cell) & (me.cell != me.goal)
+    done = (jnp.linalg.norm(me.pos - t.centre(maze, me.goal)) <= threshold) | unreachable
     goal = jnp.where(done, t.random_free(maze, key), me.goal)
-    pos, arrived = _toward(me.pos, t.centre(maze, me.cell), _step_length(speed, max_speed, world.dt))
-    return Mover(pos, jnp.where(arrived, t.nxt[maze, goal, me.cell], me.cell), goal)
+    here = jnp.linalg.norm(me.pos - t.centre(maze, me.cell)) < _EPS  # at the waypoint: the next one
+    cell = jnp.where(here, t.nxt[maze, goal, me.cell], me.cell)
+    pos, _ = _toward(me.pos, t.centre(maze, cell), _step_length(speed, max_speed, world.dt))
+    return Mover(pos, cell, goal)
 
 
 def maze_optimal(me: Mover, world: MoverWorld, key: jax.Array, target: int, speed: float = -0.75,
@@ -159,10 +161,13 @@ def maze_optimal(me: Mover, world: MoverWorld, key: jax.Array, target: int, spee
     t, maze = world.tables, world.maze
     goal_xy = world.bodies[target]
     goal = t.cell_of(maze, goal_xy)
-    chase = me.cell == goal
-    waypoint = jnp.where(chase, goal_xy, t.centre(maze, me.cell))
-    pos, arrived = _toward(me.pos, waypoint, _step_length(speed, max_speed, world.dt))
-    return Mover(pos, jnp.where(arrived & ~chase, t.nxt[maze, goal, me.cell], me.cell), goal)
+    here = jnp.linalg.norm(me.pos - t.centre(maze, me.cell)) < _EPS
+    cell = jnp.where(here & (me.cell != goal), t.nxt[maze, goal, me.cell], me.cell)
+    # In the target's cell (or entering it from a side neighbour): straight at the target, a line
+    # inside the two cells. Left behind there: back to the waypoint's centre first.
+    waypoint = jnp.where(cell == goal, goal_xy, t.centre(maze, cell))
+    pos, _ = _toward(me.pos, waypoint, _step_length(speed, max_speed, world.dt))
+    return Mover(pos, cell, goal)
 
 
 def predator(me: Mover, world: MoverWorld, key: jax.Array, speed: float = -0.75, max_speed: float = 1.0) -> Mover:
