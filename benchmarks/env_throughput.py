@@ -10,7 +10,9 @@ as many worker processes as JAX has devices; their env-steps/s add up. Each side
 windows and keeps the fastest, as other load on the machine only ever slows a window down.
 
 Two sweeps, for detection (OPEN maze) and navigation (COMPLEX maze), and on request detection_optics
-(detection seen through the optics eye: `--tasks detection,detection_optics --no-native` gives its cost):
+(detection seen through the optics eye: `--tasks detection,detection_optics --no-native` gives its cost),
+and tracking / prey (detection with scripted movers: `--tasks detection,tracking,prey --no-native` gives
+what the movers cost; the native reference does not move them) and light_seeking:
   * `n_envs`: number of envs (`--n-envs`), one 10×10 eye;
   * `eyes`: eye grids (`--eyes`) and resolutions (`--resolutions`) at `--grid-envs` envs, either
     their full product (`--grid product`) or a cross through one 10×10 eye (`--grid cross`: every
@@ -38,7 +40,8 @@ from pathlib import Path
 
 from machine import machine_info
 
-TASKS = {"detection": "OPEN", "navigation": "COMPLEX", "detection_optics": "OPEN"}  # exp -> its maze
+TASKS = {"detection": "OPEN", "navigation": "COMPLEX", "detection_optics": "OPEN",  # exp -> its maze
+         "tracking": "OPEN", "prey": "OPEN", "light_seeking": "OPEN"}
 EYE_KEY = "env.agents.agent.eyes"
 
 
@@ -91,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="detection,navigation",
-                   help="exps to run (detection: OPEN, navigation: COMPLEX; also detection_optics: OPEN)")
+                   help="exps to run (detection: OPEN, navigation: COMPLEX; also detection_optics, tracking, "
+                        "prey and light_seeking: OPEN; movers: compare tracking/prey with detection, --no-native)")
     p.add_argument("--n-envs", type=_ints, default=[16, 64, 256, 1024], help="n_envs sweep (one 10x10 eye)")
     p.add_argument("--eyes", type=_grids, default=[(1, 1), (2, 2), (4, 4)], help="eye grids, e.g. 1x1,2x2,1x16")
     p.add_argument("--resolutions", type=_ints, default=[1, 4, 10, 16, 32], help="pixels per side")
