@@ -114,6 +114,10 @@ POINT_AGENT = (
     ("init_yaw", nullable(number(), "random at each reset")),
 )
 OBJECT_AGENT = (("emission", RATE), ("turned", BOOL))  # `mover`: aci_jax.envs.movers.validate_mover
+MOVER = (  # env.agents.<object>.mover's values (its fn, arguments and bodies: aci_jax.envs.movers)
+    ("speed", Rule(lambda v: _is_num(v) and -1 <= v <= 1, " must be a number in [-1, 1] (the speed action a0)")),
+    ("max_speed", POSITIVE), ("threshold", RATE), ("noise", RATE),
+)
 LIGHTING = (  # env.lighting (aci_jax.world.scene): how the scene is lit
     ("sun", BOOL), ("headlight", BOOL), ("wall_emission", RATE),
 )
@@ -282,6 +286,7 @@ def _validate_env(env: DictConfig, where: str) -> None:
 
             validate_mover(a.mover, list(trainable) + [n for n, b in agents.items() if b.get("kind") == "object"],
                            f"{where}.agents.{name}.mover")
+            check(a.mover, f"{where}.agents.{name}.mover", MOVER)
         if a.get("texture"):
             try:
                 validate_texture_name(a.texture)

@@ -199,6 +199,7 @@ def test_movers_vmap_equals_single():
     ("env.agents.adversary.mover.fn=prey,+env.agents.adversary.mover.predators=agent",
      "env.agents.adversary.mover.predators='agent' must be a list"),
     ("env.agents.goal.mover.speed=2", "env.agents.goal.mover.speed=2 must be a number in [-1, 1]"),
+    ("+env.agents.goal.mover.max_speed=0", "env.agents.goal.mover.max_speed=0 must be a positive number"),
     ("+env.agents.agent.mover={fn: maze_random}", "env.agents.agent.mover: only objects"),
     ("+env.lighting.moon=true", "env.lighting: unknown key(s) ['moon']; valid: ['sun', 'headlight', 'wall_emission']"),
     ("env.lighting.sun=1", "env.lighting.sun=1 must be true or false"),

@@ -218,7 +218,8 @@ def bind_mover(spec: Mapping[str, Any], bodies: list[str], radius: float) -> Cal
 
 
 def validate_mover(spec: Mapping[str, Any], bodies: list[str], key: str) -> None:
-    """Unknown mover, unknown argument or unknown body: a ConfigError naming the key and the valid values."""
+    """Unknown mover, unknown argument or unknown body: a ConfigError naming the key and the valid values
+    (the arguments' values: `aci_jax.config.MOVER`)."""
     from aci_jax.config import ConfigError
 
     if not isinstance(spec, Mapping):
@@ -241,6 +242,3 @@ def validate_mover(spec: Mapping[str, Any], bodies: list[str], key: str) -> None
         for name in names:
             if name not in bodies:
                 raise ConfigError(f"{key}.{arg}: '{name}' is not a body of the env; valid: {bodies}")
-    speed = spec.get("speed", -0.5)
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not -1 <= speed <= 1:
-        raise ConfigError(f"{key}.speed={speed!r} must be a number in [-1, 1] (the speed action a0)")
