@@ -188,6 +188,23 @@ def test_movers_vmap_equals_single():
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[i], atol=1e-6), one, batch)
 
 
+def test_task_step_functions_and_outcome():
+    from aci_jax.envs import tasks as T
+
+    task = T.make_task({"rewards": {}, "step_fns": {"respawn": {"fn": "respawn_on_reach", "targets": ["goal", "adversary"],
+                                                                 "distance": 1.0}}}, ["goal", "adversary", "light"])
+    ctx = T.StepContext(pos=jnp.zeros(2), prev_pos=jnp.zeros(2), start_pos=jnp.zeros(2),
+                        objects=jnp.asarray([[3.0, 0.0], [0.5, 0.0], [0.2, 0.0]]), prev_objects=jnp.zeros((3, 2)),
+                        contact=jnp.bool_(False), step=jnp.int32(5), max_steps=128, ret=jnp.float32(0.0),
+                        terminated=jnp.bool_(False), truncated=jnp.bool_(False))
+    np.testing.assert_array_equal(task.effects(ctx).respawn, [False, True, False])  # the light is no target
+    assert int(task.first_reach(ctx)) == 2  # the adversary, second target
+    success, failure = task.outcome(ctx, jnp.bool_(True), jnp.int32(2))
+    assert not bool(success) and bool(failure)
+    assert bool(task.outcome(ctx, jnp.bool_(True), jnp.int32(1))[0])
+    assert not any(map(bool, task.outcome(ctx, jnp.bool_(False), jnp.int32(1))))  # decided at the episode's end
+
+
 # -- config -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
