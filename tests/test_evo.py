@@ -2,6 +2,10 @@
 optimum), records and resume, and a generation's member equal to its solo `aci_jax.train` run."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +145,26 @@ def test_tiny_evolution_resumes_mid_generation_with_the_same_records(tiny_run, t
     for ra, rb in zip(a, b):
         assert ra["seed"] == rb["seed"] and ra["gene_width"] == rb["gene_width"]
         assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-5, abs=1e-5)
+
+
+def test_population_split_over_two_devices_gives_the_same_records(tiny_run, tmp_path):
+    """`evo.devices=2` on two host CPU devices (a subprocess: JAX fixes the device count at start):
+    each device trains its share of the (padded) sub-batch; the records equal one device's."""
+    d, _, _ = tiny_run
+    repo = Path(aci_jax.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-m", "aci_jax.evo", "exp=detection", *TINY, "evo.devices=2",
+                          f"run_dir={tmp_path}"], env=env, cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sub-batches of 4 individuals on 2 cpu device(s)" in out.stdout
+    a, b = read_population(d / "population.csv"), read_population(tmp_path / "population.csv")
+    assert [r["seed"] for r in a] == [r["seed"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-4, abs=1e-4)
+    bad = subprocess.run([sys.executable, "-m", "aci_jax.evo", "exp=detection", *TINY, "evo.devices=3",
+                          f"run_dir={tmp_path / 'x'}"], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "evo.devices=3: only 2 local device(s)" in bad.stderr
 
 
 def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
