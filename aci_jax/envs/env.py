@@ -341,15 +341,23 @@ class Env:
         return xpos
 
     def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
-        """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²)."""
+        """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²).
+
+        Each pixel averages its s² sub-rays; each sub-ray's texture colour is box-filtered over its
+        footprint (ray differentials from the eyes' fov and resolution, which are data), so a pixel
+        is the average of the scene over its patch of view and fine stripes blend as they would on
+        a real sensor."""
         b = self.buffer
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
-        origins, dirs = eye_rays(eyes, b, origin, pos[2], self.agent.radius)
-        o = jnp.broadcast_to(origins[:, None, None, None], dirs.shape).reshape(-1, 3)
-        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
-                                     exclude_geom=self.agent.geom,
-                                     wall_material=self._wall_material(wall_material))
+        origins, dirs, dx, dy, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius,
+                                               differentials=True)
+        per_ray = lambda x: jnp.broadcast_to(x[:, None, None, None], dirs.shape).reshape(-1, 3)
+        flat = lambda x: x.reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
+                                     flat(dirs), exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material),
+                                     ray_dx=flat(dx), ray_dy=flat(dy), view_axis=per_ray(axes))
         shape = dirs.shape[:-1]
         mask = pixel_mask(eyes, b)
         img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]

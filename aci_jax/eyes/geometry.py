@@ -88,12 +88,19 @@ def eye_frames(lat: jax.Array, lon: jax.Array) -> jax.Array:
 
 
 def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int,
-                supersample: int) -> jax.Array:
+                supersample: int, differentials: bool = False):
     """Unit ray directions (max_res, max_res, s², 3) of a pinhole camera with rotation `frame`.
 
     `res` = (width, height) decides the pixel grid inside the buffer; pixel (row, col) casts s² rays
     spread evenly over its patch of the field of view. Pixels outside `res` get directions too
     (valid but unused; masks zero them).
+
+    differentials=True also returns each ray's footprint as ray differentials: (dirs, dx, dy), where
+    dx, dy (same shape) are the changes of the unit direction across one sub-ray step along the
+    image columns and rows (each sub-ray stands for a fov/res/s patch: the s² patches tile the
+    pixel). `cast_rays` turns them into the ray's footprint on the surface it hits, to box-filter
+    textures over it. They are computed from `fov_deg` and `res` as arrays, so they differ per
+    individual in a vmapped batch like the directions do.
     """
     s = supersample
     sub = (jnp.arange(s) + 0.5) / s
@@ -108,18 +115,37 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     local = jnp.stack([jnp.ones_like(xg), xg, yg], -1).reshape(max_res, max_res, s * s, 3)
     # Elementwise rather than a (…, 3) @ (3, 3) matmul: XLA:CPU runs tiny batched dots slowly.
     dirs = local[..., 0:1] * frame[:, 0] + local[..., 1:2] * frame[:, 1] + local[..., 2:3] * frame[:, 2]
-    return dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
+    norm = jnp.linalg.norm(dirs, axis=-1, keepdims=True)
+    dirs = dirs / norm
+    if not differentials:
+        return dirs
+    # d(u/|u|) = (du − d (d·du)) / |u| for the unnormalised direction u = f + x·left + y·up, whose
+    # change across one sub-ray step is du = Δx·left (columns) or Δy·up (rows).
+    dx_step, dy_step = -2 * tx / (res[0] * s), -2 * ty / (res[1] * s)
+
+    def diff(du):
+        return (du - dirs * jnp.sum(dirs * du, -1, keepdims=True)) / norm
+
+    return dirs, diff(dx_step * frame[:, 1]), diff(dy_step * frame[:, 2])
 
 
-def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
-    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, R, R, s², 3) of an agent."""
+def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float,
+             differentials: bool = False):
+    """World-frame ray origins (max_eyes, 3) and directions (max_eyes, R, R, s², 3) of an agent.
+
+    differentials=True returns (origins, dirs, dx, dy, axes): the rays' differentials (see
+    `camera_rays`) and each eye's optical axis (max_eyes, 3), along which MuJoCo's headlight shines.
+    """
     lat, lon, _ = eye_placements(p, buf)
     c, s = jnp.cos(yaw), jnp.sin(yaw)
     body = jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     frames = body @ eye_frames(lat, lon)  # (E, 3, 3) world
     origins = pos + radius * frames[:, :, 0]
-    dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, buf.max_res, buf.supersample))(frames)
-    return origins, dirs
+    cam = lambda f: camera_rays(f, p.fov, p.resolution, buf.max_res, buf.supersample, differentials)
+    if not differentials:
+        return origins, jax.vmap(cam)(frames)
+    dirs, dx, dy = jax.vmap(cam)(frames)
+    return origins, dirs, dx, dy, frames[:, :, 0]
 
 
 def static_buffer(eyes_cfg, render_cfg) -> EyeBuffer:
@@ -133,12 +159,15 @@ def static_buffer(eyes_cfg, render_cfg) -> EyeBuffer:
     )
 
 
-def lookat_rays(eye: np.ndarray, target: np.ndarray, fov_deg: float, size: int) -> tuple:
-    """Rays (size, size, 1, 3) of a perspective camera at `eye` looking at `target` (views)."""
+def lookat_rays(eye: np.ndarray, target: np.ndarray, fov_deg: float, size: int, supersample: int = 1,
+                differentials: bool = False):
+    """Rays (size, size, s², 3) of a perspective camera at `eye` looking at `target` (views), with
+    no roll (as MuJoCo's free camera). differentials=True: (dirs, dx, dy, axis), see `camera_rays`."""
     f = target - eye
     f = f / jnp.linalg.norm(f)
     left = jnp.cross(jnp.array([0.0, 0.0, 1.0]), f)
     left = left / (jnp.linalg.norm(left) + 1e-9)
     frame = jnp.stack([f, left, jnp.cross(f, left)], -1)
     fov = jnp.array([fov_deg, fov_deg])
-    return camera_rays(frame, fov, jnp.array([size, size]), size, 1)
+    out = camera_rays(frame, fov, jnp.array([size, size]), size, supersample, differentials)
+    return (*out, f) if differentials else out
