@@ -310,6 +310,29 @@ def test_pixel_inside_one_stripe_is_that_stripe(open_scene, s):
     np.testing.assert_allclose(img[0, 0], [1.0, 0.0, 0.0], atol=1e-3)
 
 
+def test_other_1d_textures_are_filtered_from_tables(worlds):
+    """A 1D texture that is not a square wave (here the walls' texture replaced by a 0, ½, 1, 1 ramp
+    per 4 texels) is box-filtered through per-texel tables: its mean over many periods, one texel's
+    own colour inside it."""
+    world = worlds["OPEN"]
+    model = copy.deepcopy(world.model)
+    t = model.texture("vertical_10").id
+    h, w, adr = model.tex_height[t], model.tex_width[t], model.tex_adr[t]
+    ramp = np.array([0, 128, 255, 255], np.uint8)[np.arange(w) % 4]
+    model.tex_data[adr:adr + h * w * 3] = np.repeat(np.broadcast_to(ramp, (h, w)).reshape(-1), 3)
+    world = dataclasses.replace(world, model=model)
+    scene = make_render_scene(world)
+    assert scene.has_table_textures
+    d = _data(world)
+    img, _ = _cast_camera(scene, d, [WALL_X + 12.0, 0.33, 0.5], FACING_WALL, [45.0, 1.0], [1, 1], 2)
+    np.testing.assert_allclose(img[0, 0], (128 / 255 + 2) / 4, rtol=0.02)
+    texel = 0.025  # m: 80 texels per 2 m cell
+    for j, value in ((0, 0.0), (1, 128 / 255), (2, 1.0)):
+        y = (j + 8 + 0.5) * texel
+        img, _ = _cast_camera(scene, d, [WALL_X + 0.2, y, 0.5], FACING_WALL, [0.5, 0.5], [1, 1], 2)
+        np.testing.assert_allclose(img[0, 0], value, atol=2e-3)
+
+
 def test_contrast_falls_off_with_distance_as_a_box_filter(open_scene):
     """A row of 16 pixels (60° wide) facing the wall: each pixel is the box filter of the stripes
     over its footprint (D·2·tan 30°/16 wide at distance D) within 0.02, so the row's contrast falls

@@ -98,7 +98,7 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     differentials=True also returns each ray's footprint as ray differentials: (dirs, dx, dy), where
     dx, dy (same shape) are the changes of the unit direction across one sub-ray step along the
     image columns and rows (each sub-ray stands for a fov/res/s patch: the s² patches tile the
-    pixel). `cast_rays` turns them into the ray's footprint on the surface it hits, to box-filter
+    pixel), up to a component along the ray itself (which moves no hit point). `cast_rays` turns them into the ray's footprint on the surface it hits, to box-filter
     textures over it. They are computed from `fov_deg` and `res` as arrays, so they differ per
     individual in a vmapped batch like the directions do.
     """
@@ -120,13 +120,11 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     if not differentials:
         return dirs
     # d(u/|u|) = (du − d (d·du)) / |u| for the unnormalised direction u = f + x·left + y·up, whose
-    # change across one sub-ray step is du = Δx·left (columns) or Δy·up (rows).
-    dx_step, dy_step = -2 * tx / (res[0] * s), -2 * ty / (res[1] * s)
-
-    def diff(du):
-        return (du - dirs * jnp.sum(dirs * du, -1, keepdims=True)) / norm
-
-    return dirs, diff(dx_step * frame[:, 1]), diff(dy_step * frame[:, 2])
+    # change across one sub-ray step is du = Δx·left (columns) or Δy·up (rows). The part along d
+    # is left out: moving a direction along itself moves no hit point, and `cast_rays` projects it
+    # away, so du / |u| serves.
+    inv = 1.0 / norm
+    return dirs, inv * (-2 * tx / (res[0] * s) * frame[:, 1]), inv * (-2 * ty / (res[1] * s) * frame[:, 2])
 
 
 def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float,

@@ -69,6 +69,9 @@ class RenderScene:
     tex_size: jax.Array  # (ntex + 1, 2) height, width
     texels: jax.Array  # (P, 3) all textures' RGB in [0, 1], row-major
     tex_axis: jax.Array  # (ntex + 1,) int32: 0 varies along u (columns) only, 1 along v (rows), 2 both
+    tex_square: jax.Array  # (ntex + 1,) bool: the 1D profile is a square wave (stripes, or constant)
+    tex_stripe: jax.Array  # (ntex + 1,) stripe width in texels of a square wave
+    tex_colours: jax.Array  # (ntex + 1, 2, 3) its even and odd stripes' colours
     tex_mean: jax.Array  # (ntex + 1, 3) mean colour
     prof_adr: jax.Array  # (ntex + 1,) int32 first row of each texture's 1D profile in `prof`
     prof_len: jax.Array  # (ntex + 1,) int32 texels along the profile
@@ -87,6 +90,7 @@ class RenderScene:
     background: jax.Array  # (3,)
     floor_geom: int = struct.field(pytree_node=False)
     has_2d_textures: bool = struct.field(pytree_node=False)  # any texture with tex_axis 2
+    has_table_textures: bool = struct.field(pytree_node=False)  # any 1D texture not a square wave
     max_steps: int = struct.field(pytree_node=False)  # DDA steps bound: rows + cols + 2
 
 
@@ -112,6 +116,7 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
     rgb = [_texture_rgb(m, t) for t in range(m.ntex)] + [np.ones((1, 1, 3), np.float32)]
     tex_adr = np.cumsum([0] + [t.shape[0] * t.shape[1] for t in rgb[:-1]])
     profiles = [_profile(t) for t in rgb]
+    squares = [_square_wave(t) for t in rgb]
     prof_adr = np.cumsum([0] + [len(p[2]) for p in profiles[:-1]])
     # MuJoCo: a geom with a material shows the material's rgba unless its own rgba is not the
     # default (0.5 0.5 0.5 1); then the geom's rgba is used (and tints the texture).
@@ -143,6 +148,9 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
         tex_adr=i32(tex_adr), tex_size=i32([t.shape[:2] for t in rgb]),
         texels=f32(np.concatenate([t.reshape(-1, 3) for t in rgb])),
         tex_axis=i32([p[0] for p in profiles]), tex_mean=f32([p[1] for p in profiles]),
+        tex_square=jnp.asarray([q is not None for q in squares]),
+        tex_stripe=f32([q[0] if q else 1.0 for q in squares]),
+        tex_colours=f32([q[1] if q else np.zeros((2, 3)) for q in squares]),
         prof_adr=i32(prof_adr), prof_len=i32([len(p[2]) for p in profiles]),
         prof=f32(np.concatenate([p[2] for p in profiles])),
         light_directional=jnp.asarray(m.light_type[lights] == DIRECTIONAL),
@@ -156,6 +164,7 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
         background=f32(background),
         floor_geom=int(fl), max_steps=int(rows + cols + 2),
         has_2d_textures=any(p[0] == 2 for p in profiles),
+        has_table_textures=any(p[0] < 2 and q is None for p, q in zip(profiles, squares)),
     )
 
 
@@ -188,6 +197,28 @@ def _profile(rgb: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     c = (g1 + g / 2).mean(0)  # mean of G1 over a period (G1 is linear inside each texel)
     f2 = np.concatenate([np.zeros((1, 3)), np.cumsum(g1 + g / 2 - c, 0)[:-1]])
     return axis, mean, np.concatenate([f2, g1 - c, g], 1)
+
+
+def _square_wave(rgb: np.ndarray):
+    """(stripe width in texels, (2, 3) colours of the even and odd stripes) when the texture's 1D
+    profile is a square wave: two colours alternating in runs of one width, a whole number of
+    periods (every stripe texture; a constant texture is one with equal colours). Else None."""
+    if np.all(rgb == rgb[:1]):
+        f = rgb[0]
+    elif np.all(rgb == rgb[:, :1]):
+        f = rgb[:, 0]
+    else:
+        return None
+    if np.all(f == f[:1]):
+        return float(len(f)), np.stack([f[0], f[0]])
+    starts = np.concatenate([[0], np.nonzero(np.any(f[1:] != f[:-1], axis=1))[0] + 1])
+    runs = np.diff(np.append(starts, len(f)))
+    width = runs[0]
+    colours = np.stack([f[0], f[width]])
+    stripe = (np.arange(len(f)) // width) % 2
+    if np.all(runs == width) and len(f) % (2 * width) == 0 and np.array_equal(f, colours[stripe]):
+        return float(width), colours
+    return None
 
 
 def _slab(o, d, lo, hi):
@@ -381,17 +412,36 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     fa, fb = jnp.maximum(fa, _MIN_FOOTPRINT), jnp.maximum(fb, _MIN_FOOTPRINT)
     lf = length.astype(f32)
     w = w - lf * jnp.floor(w / lf)  # one period: the four points below keep their precision
-    adr, last = scene.prof_adr[ti], length - 1
-
-    def f2(x):  # F2 at texel coordinate x (periodic)
-        x = x - lf * jnp.floor(x / lf)
-        k = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, last)
-        phi = (x - k)[:, None]
-        row = scene.prof[adr + k]
-        return row[:, 0:3] + row[:, 3:6] * phi + row[:, 6:9] * (phi * phi / 2)
-
     pp, qq = (fa + fb) / 2, (fa - fb) / 2
-    texel = scene.tex_mean[ti] + (f2(w + pp) - f2(w + qq) - f2(w - qq) + f2(w - pp)) / (fa * fb)[:, None]
+
+    # Square waves (stripes): closed form. In stripe units y, the zero-mean wave ±½ has a periodic
+    # second antiderivative F2(y) = ±φ(1 − φ)/4 (φ = frac y; + on even stripes, − on odd ones), so
+    # the box-filtered fraction of odd stripe is ½ + second difference / (|a||b|). No table reads.
+    k = scene.tex_stripe[ti]
+
+    def f2_square(x):
+        y = x / k
+        fl = jnp.floor(y)
+        phi = y - fl
+        return (1.0 - 2.0 * jnp.mod(fl, 2.0)) * phi * (1.0 - phi) * 0.25
+
+    odd = 0.5 + (f2_square(w + pp) - f2_square(w + qq) - f2_square(w - qq)
+                 + f2_square(w - pp)) * (k * k) / (fa * fb)
+    colours = scene.tex_colours[ti]
+    texel = colours[:, 0] + (colours[:, 1] - colours[:, 0]) * odd[:, None]
+
+    if scene.has_table_textures:  # other 1D textures: per-texel tables of F2
+        adr, last = scene.prof_adr[ti], length - 1
+
+        def f2(x):  # F2 at texel coordinate x (periodic)
+            x = x - lf * jnp.floor(x / lf)
+            j = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, last)
+            phi = (x - j)[:, None]
+            row = scene.prof[adr + j]
+            return row[:, 0:3] + row[:, 3:6] * phi + row[:, 6:9] * (phi * phi / 2)
+
+        table = scene.tex_mean[ti] + (f2(w + pp) - f2(w + qq) - f2(w - qq) + f2(w - pp)) / (fa * fb)[:, None]
+        texel = jnp.where(scene.tex_square[ti][:, None], texel, table)
     if scene.has_2d_textures:  # nearest texel, unfiltered
         h, wd = scene.tex_size[ti, 0], scene.tex_size[ti, 1]
         uu, vv = u * rep_u, v * rep_v
