@@ -237,16 +237,15 @@ def _white_fraction(y0, y1):
 
 def _cast_camera(scene, d, eye, frame, fov, res, s, differentials=True, exclude_geom=-1):
     """One pinhole camera's image (res[1], res[0], 3): its s² rays per pixel cast through `_cast_fp`,
-    with ray differentials from fov/resolution/supersample (or none: point-like sampling)."""
-    dirs, dx, dy = camera_rays(frame, jnp.asarray(fov, jnp.float32), jnp.asarray(res), max(res), s,
-                               differentials=True)
+    with footprints from fov/resolution/supersample (or none: 0.1-texel boxes, like point samples)."""
+    dirs, step_x, step_y = camera_rays(frame, jnp.asarray(fov, jnp.float32), jnp.asarray(res), max(res), s,
+                                       differentials=True)
     n = dirs.shape[0] * dirs.shape[1] * s * s
-    flat = lambda x: np.asarray(x).reshape(-1, 3)
-    o = np.broadcast_to(np.asarray(eye, np.float32), (n, 3))
+    per_ray = lambda x: np.broadcast_to(np.asarray(x, np.float32), (n, 3))
     if not differentials:
-        dx = dy = jnp.zeros_like(dirs)
-    rgb, _, geom = _cast_fp(scene, d, o, flat(dirs), flat(dx), flat(dy),
-                            np.broadcast_to(np.asarray(frame[:, 0]), (n, 3)), exclude_geom)
+        step_x = step_y = np.zeros(3)
+    rgb, _, geom = _cast_fp(scene, d, per_ray(eye), np.asarray(dirs).reshape(-1, 3), per_ray(step_x),
+                            per_ray(step_y), per_ray(frame[:, 0]), exclude_geom)
     r = max(res)
     img = rgb.reshape(r, r, s * s, 3).mean(2)[:res[1], :res[0]]
     return img, geom.reshape(r, r, s * s)[:res[1], :res[0]]
@@ -373,11 +372,11 @@ def test_one_pixel_sees_goal_and_adversary_alike(open_scene, s):
             for name in ("goal", "adversary"):
                 o = world.objects[name]
                 d = _data(world, **{name: [dist * np.cos(th), dist * np.sin(th), o.radius]})
-                origins, dirs, dx, dy, axes = eye_rays(p, EyeBuffer(1, 1, s), jnp.array([0.0, 0.0, a.radius]),
-                                                       jnp.float32(th), a.radius, differentials=True)
-                n = s * s
-                rgb, _, geom = _cast_fp(scene, d, np.broadcast_to(np.asarray(origins[0]), (n, 3)), flat(dirs),
-                                        flat(dx), flat(dy), np.broadcast_to(np.asarray(axes[0]), (n, 3)), a.geom)
+                origins, dirs, step_x, step_y, axes = eye_rays(p, EyeBuffer(1, 1, s), jnp.array([0.0, 0.0, a.radius]),
+                                                               jnp.float32(th), a.radius, differentials=True)
+                per_ray = lambda x: np.broadcast_to(np.asarray(x[0]), (s * s, 3))
+                rgb, _, geom = _cast_fp(scene, d, per_ray(origins), flat(dirs), per_ray(step_x), per_ray(step_y),
+                                        per_ray(axes), a.geom)
                 hit &= bool((geom == o.geom).any())  # 2×2 sub-rays pass beside a sphere 23° wide
                 seen[name] = rgb.mean(0)
             if not hit:
@@ -476,16 +475,17 @@ def test_mujoco_renders_the_model_as_aci_jax(worlds, tmp_path):
         fwd = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
         lookat = np.asarray(v["lookat"])
         eye = lookat - v["distance"] * fwd
-        dirs, dx, dy, axis = lookat_rays(jnp.asarray(eye), jnp.asarray(lookat), float(ref["fovy"]), size, s,
-                                         differentials=True)
+        dirs, step_x, step_y, axis = lookat_rays(jnp.asarray(eye), jnp.asarray(lookat), float(ref["fovy"]), size,
+                                                 s, differentials=True)
         n = size * size * s * s
-        flat = lambda x: np.asarray(x).reshape(-1, 3)
+        dirs = np.asarray(dirs).reshape(-1, 3)
+        per_ray = lambda x: np.broadcast_to(np.asarray(x), (PAD_FP, 3))
         rgb = np.zeros((n, 3))
         geom = np.zeros(n, int)
         for k in range(0, n, PAD_FP):
             sl = slice(k, k + PAD_FP)
-            rgb[sl], _, geom[sl] = _cast_fp(scene, d, np.broadcast_to(eye, (n, 3))[sl], flat(dirs)[sl],
-                                            flat(dx)[sl], flat(dy)[sl], np.broadcast_to(np.asarray(axis), (n, 3))[sl])
+            rgb[sl], _, geom[sl] = _cast_fp(scene, d, per_ray(eye), dirs[sl], per_ray(step_x), per_ray(step_y),
+                                            per_ray(axis))
         ours = rgb.reshape(size, size, s * s, 3).mean(2)
         lab_ours, lab_mj = label(geom.reshape(size, size, s * s)[..., 0]), label(mj_seg)
         assert np.mean(lab_ours == lab_mj) > 0.95

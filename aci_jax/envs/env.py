@@ -350,14 +350,13 @@ class Env:
         b = self.buffer
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
-        origins, dirs, dx, dy, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius,
-                                               differentials=True)
+        origins, dirs, step_x, step_y, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius,
+                                                       differentials=True)
         per_ray = lambda x: jnp.broadcast_to(x[:, None, None, None], dirs.shape).reshape(-1, 3)
-        flat = lambda x: x.reshape(-1, 3)
         rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
-                                     flat(dirs), exclude_geom=self.agent.geom,
+                                     dirs.reshape(-1, 3), exclude_geom=self.agent.geom,
                                      wall_material=self._wall_material(wall_material),
-                                     ray_dx=flat(dx), ray_dy=flat(dy), view_axis=per_ray(axes))
+                                     ray_dx=per_ray(step_x), ray_dy=per_ray(step_y), view_axis=per_ray(axes))
         shape = dirs.shape[:-1]
         mask = pixel_mask(eyes, b)
         img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]

@@ -95,12 +95,13 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     spread evenly over its patch of the field of view. Pixels outside `res` get directions too
     (valid but unused; masks zero them).
 
-    differentials=True also returns each ray's footprint as ray differentials: (dirs, dx, dy), where
-    dx, dy (same shape) are the changes of the unit direction across one sub-ray step along the
-    image columns and rows (each sub-ray stands for a fov/res/s patch: the s² patches tile the
-    pixel), up to a component along the ray itself (which moves no hit point). `cast_rays` turns them into the ray's footprint on the surface it hits, to box-filter
-    textures over it. They are computed from `fov_deg` and `res` as arrays, so they differ per
-    individual in a vmapped batch like the directions do.
+    differentials=True also returns the ray footprints: (dirs, step_x, step_y), the (3,) steps between
+    neighbouring sub-rays along image columns and rows on the image plane at unit distance along the
+    optical axis frame[:, 0] (each sub-ray stands for a fov/res/s patch: the s² patches tile the
+    pixel). A ray d's direction changes by (d·axis)·step across its patch (up to a part along d,
+    which moves no hit point); `cast_rays` carries that to the surface it hits to box-filter
+    textures. They come from `fov_deg` and `res` as arrays, so they differ per individual in a
+    vmapped batch like the directions do.
     """
     s = supersample
     sub = (jnp.arange(s) + 0.5) / s
@@ -115,24 +116,19 @@ def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: i
     local = jnp.stack([jnp.ones_like(xg), xg, yg], -1).reshape(max_res, max_res, s * s, 3)
     # Elementwise rather than a (…, 3) @ (3, 3) matmul: XLA:CPU runs tiny batched dots slowly.
     dirs = local[..., 0:1] * frame[:, 0] + local[..., 1:2] * frame[:, 1] + local[..., 2:3] * frame[:, 2]
-    norm = jnp.linalg.norm(dirs, axis=-1, keepdims=True)
-    dirs = dirs / norm
+    dirs = dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
     if not differentials:
         return dirs
-    # d(u/|u|) = (du − d (d·du)) / |u| for the unnormalised direction u = f + x·left + y·up, whose
-    # change across one sub-ray step is du = Δx·left (columns) or Δy·up (rows). The part along d
-    # is left out: moving a direction along itself moves no hit point, and `cast_rays` projects it
-    # away, so du / |u| serves.
-    inv = 1.0 / norm
-    return dirs, inv * (-2 * tx / (res[0] * s) * frame[:, 1]), inv * (-2 * ty / (res[1] * s) * frame[:, 2])
+    return dirs, -2 * tx / (res[0] * s) * frame[:, 1], -2 * ty / (res[1] * s) * frame[:, 2]
 
 
 def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float,
              differentials: bool = False):
     """World-frame ray origins (max_eyes, 3) and directions (max_eyes, R, R, s², 3) of an agent.
 
-    differentials=True returns (origins, dirs, dx, dy, axes): the rays' differentials (see
-    `camera_rays`) and each eye's optical axis (max_eyes, 3), along which MuJoCo's headlight shines.
+    differentials=True returns (origins, dirs, step_x, step_y, axes): each eye's sub-ray steps
+    (max_eyes, 3) (see `camera_rays`) and optical axis (max_eyes, 3), which is also the direction of
+    MuJoCo's headlight.
     """
     lat, lon, _ = eye_placements(p, buf)
     c, s = jnp.cos(yaw), jnp.sin(yaw)
@@ -160,7 +156,8 @@ def static_buffer(eyes_cfg, render_cfg) -> EyeBuffer:
 def lookat_rays(eye: np.ndarray, target: np.ndarray, fov_deg: float, size: int, supersample: int = 1,
                 differentials: bool = False):
     """Rays (size, size, s², 3) of a perspective camera at `eye` looking at `target` (views), with
-    no roll (as MuJoCo's free camera). differentials=True: (dirs, dx, dy, axis), see `camera_rays`."""
+    no roll (as MuJoCo's free camera). differentials=True: (dirs, step_x, step_y, axis), see
+    `camera_rays`."""
     f = target - eye
     f = f / jnp.linalg.norm(f)
     left = jnp.cross(jnp.array([0.0, 0.0, 1.0]), f)

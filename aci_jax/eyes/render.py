@@ -17,17 +17,21 @@ v = colatitude, so `vertical_N` stripes run pole to pole.
 Texture filtering by ray footprint: a texture that varies along one axis only (every texture
 aci_jax builds: stripes; constant ones too) is box-filtered exactly over each ray's footprint. The
 footprint comes from ray differentials (`ray_dx`, `ray_dy`: how the direction changes across one
-sub-ray of the pixel, from the eye's fov/resolution/supersample), transferred to the hit surface
-(distance and obliquity) and mapped to texels through the surface parametrisation. A parallelogram
-footprint spanned by texel offsets a, b averages the 1D profile f over w + a·X + b·Y, X, Y uniform on
-[−½, ½]: the second difference of f's second antiderivative F2, [F2(w + p) − F2(w + q) − F2(w − q)
-+ F2(w − p)] / (|a||b|), p = (|a|+|b|)/2, q = (|a|−|b|)/2, read from per-texel tables (piecewise
+sub-ray of the pixel, from the eye's fov/resolution/supersample), transferred to the hit's tangent
+plane (distance and obliquity: dP = t·(dd − d·(n·dd)/(n·d))) and mapped to texels through the
+surface parametrisation. A parallelogram footprint spanned by texel offsets a, b averages the 1D
+profile f over w + a·X + b·Y, X, Y uniform on [−½, ½] (a trapezoid kernel): the second difference of
+f's second antiderivative F2, [F2(w + p) − F2(w + q) − F2(w − q) + F2(w − p)] / (|a||b|),
+p = (|a|+|b|)/2, q = (|a|−|b|)/2. For square waves (stripes) F2 is closed-form (±φ(1 − φ)/4 per
+stripe), so filtering reads no table; other 1D textures read F2 from per-texel tables (piecewise
 quadratic, periodic after removing the mean). The s² sub-ray footprints tile the pixel, so a pixel is
-the exact average of the texture over its patch of view (to first order in the footprint), whatever
-`supersample`. Footprints are clamped below at 0.1 texel (without differentials: 0.1-texel boxes, ≈
-nearest texel). Textures that vary in both axes (none is built by aci_jax; a model loaded from
-elsewhere could have them) are sampled at the nearest texel, unfiltered. Geometric edges (an object's
-silhouette against what is behind it) are not filtered: the s² sub-rays sample them.
+the average of the texture over its patch of view (exact where the surface is flat across a sub-ray,
+first order on spheres), whatever `supersample`. Footprints are clamped below at 0.1 texel (without
+differentials: 0.1-texel boxes, ≈ nearest texel). Textures that vary in both axes (none is built by
+aci_jax; a model loaded from elsewhere could have them) are sampled at the nearest texel,
+unfiltered. Geometric edges (an object's silhouette against what is behind it) are not filtered:
+the s² sub-rays sample them, and a sub-ray grazing a sphere's limb filters over its local tangent
+plane only (first order), so at one pixel per object small errors (≤ 0.06) remain at 2×2 sub-rays.
 """
 
 from __future__ import annotations
@@ -306,11 +310,13 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     None to pose each light's body from a geom on it (geom_xpos/geom_xmat); world-body lights are
     static. Directional and point lights (spot lights are lit as point lights, no cone); no shadows,
     no specular. Misses get the scene's background colour.
-    ray_dx, ray_dy: optional (N, 3) ray differentials (`camera_rays(..., differentials=True)`): the
-    change of each direction across its footprint along image columns and rows, from a common origin
-    (a pinhole). Textures are box-filtered over that footprint; without them, over 0.1 texel.
-    view_axis: optional (N, 3) optical axis of each ray's camera: MuJoCo's headlight is a directional
-    light along it. None: along each ray (right for parallel rays, e.g. an orthographic view).
+    view_axis: optional (N, 3) optical axis of each ray's camera (a pinhole at the ray's origin):
+    MuJoCo's headlight is a directional light along it. None: along each ray (right for parallel
+    rays, e.g. an orthographic view).
+    ray_dx, ray_dy: optional (N, 3) footprints (need view_axis): the steps between neighbouring
+    sub-rays along image columns and rows on the camera's image plane at unit distance
+    (`camera_rays(..., differentials=True)`); the ray's direction changes by (d·view_axis)·step
+    across its footprint. Textures are box-filtered over it; without them, over 0.1 texel.
     """
     # Vectors are (x, y, z) tuples of (N,) arrays: plain elementwise code, fast on CPU and GPU.
     f32 = jnp.float32
@@ -384,26 +390,34 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     texels_per = jnp.where(along_v, rep_v, rep_u) * length.astype(f32)  # texels per unit of u or v
     w = jnp.where(along_v, v, u) * texels_per  # texel coordinate along the profile
 
-    # Footprint: ray differentials transferred to the hit's tangent plane (dP = t·(dd − d·(n·dd)/
-    # (n·d))), then through the surface parametrisation to texel offsets along the profile.
+    # Footprint: ray differentials transferred to the hit's tangent plane, dP = t·(dd − d·(n·dd)/
+    # (n·d)), then to texels along the profile through G = ∇_P w (the texel coordinate's gradient on
+    # the surface): a = |G·dP| = t·|G·dd − (G·d)(n·dd)/(n·d)|.
     if ray_dx is not None:
         nd = _dot(normal, d)
         nd = jnp.where(nd < 0, jnp.minimum(nd, -1e-3), jnp.maximum(nd, 1e-3))  # grazing: ≤ 1000×
-        th = jnp.where(hit, t, 0.0)
         radius = scene.sphere_radius[sphere]
         rho2 = jnp.maximum(local[0] ** 2 + local[1] ** 2, 1e-8)
+        # Sphere: ∂w/∂(local unit point), u = atan2(l1, l0)/2π + ½, v = acos(l2)/π; world = R·that/r.
+        inv_u, inv_v = 1.0 / (2 * jnp.pi * rho2), -1.0 / (jnp.pi * jnp.sqrt(rho2))
+        gl = (jnp.where(along_v, 0.0, -local[1] * inv_u), jnp.where(along_v, 0.0, local[0] * inv_u),
+              jnp.where(along_v, inv_v, 0.0))
+        scale = texels_per / radius
+        g_sphere = tuple((rot[:, 3 * k] * gl[0] + rot[:, 3 * k + 1] * gl[1] + rot[:, 3 * k + 2] * gl[2])
+                         * scale for k in range(3))
+        # Plane and box faces: w follows one world axis (u: x, or y on x faces; v: z, or y on the
+        # floor and wall tops).
+        axis = jnp.where(along_v, jnp.where((kind == 0) | (kind == 4), 1, 2), jnp.where(kind == 2, 1, 0))
+        grad = tuple(jnp.where(kind == 1, g_sphere[k], jnp.where(axis == k, texels_per, 0.0))
+                     for k in range(3))
+        if view_axis is None:
+            raise ValueError("ray_dx/ray_dy are image-plane steps: pass the cameras' view_axis too")
+        th = jnp.where(hit, t, 0.0) * _dot(d, tuple(view_axis[:, k].astype(f32) for k in range(3)))
+        c = _dot(grad, d) / nd
 
-        def texel_offset(dd):
-            dd = tuple(dd[:, k].astype(f32) for k in range(3))
-            k_ = _dot(normal, dd) / nd
-            dp = tuple(th * (dd[k] - d[k] * k_) for k in range(3))
-            dl = tuple((rot[:, k] * dp[0] + rot[:, 3 + k] * dp[1] + rot[:, 6 + k] * dp[2]) / radius
-                       for k in range(3))
-            du = jnp.where(kind == 1, (local[0] * dl[1] - local[1] * dl[0]) / (2 * jnp.pi * rho2),
-                           jnp.where(kind == 2, dp[1], dp[0]))
-            dv = jnp.where(kind == 1, -dl[2] / (jnp.pi * jnp.sqrt(rho2)),
-                           jnp.where((kind == 0) | (kind == 4), dp[1], dp[2]))
-            off = jnp.abs(jnp.where(along_v, dv, du) * texels_per)
+        def texel_offset(step):  # the direction changes by (d·axis)·step (folded into th)
+            step = tuple(step[:, k].astype(f32) for k in range(3))
+            off = jnp.abs(th * (_dot(grad, step) - c * _dot(normal, step)))
             return jnp.where(jnp.isfinite(off), jnp.minimum(off, 1e6), 1e6)
 
         fa, fb = texel_offset(ray_dx), texel_offset(ray_dy)
@@ -414,19 +428,19 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     w = w - lf * jnp.floor(w / lf)  # one period: the four points below keep their precision
     pp, qq = (fa + fb) / 2, (fa - fb) / 2
 
-    # Square waves (stripes): closed form. In stripe units y, the zero-mean wave ±½ has a periodic
-    # second antiderivative F2(y) = ±φ(1 − φ)/4 (φ = frac y; + on even stripes, − on odd ones), so
-    # the box-filtered fraction of odd stripe is ½ + second difference / (|a||b|). No table reads.
-    k = scene.tex_stripe[ti]
+    # Square waves (stripes): closed form. In stripe units y (period 2), the zero-mean wave ∓½ has
+    # the periodic second antiderivative F2(y) = e(1 − |e|)/4, e = 1 − (y mod 2) (φ(1 − φ)/4 on even
+    # stripes, its negative on odd ones), so the box-filtered fraction of odd stripe is
+    # ½ + second difference / (|a||b|), a, b in stripes. No table reads, no divisions.
+    inv_k = 1.0 / scene.tex_stripe[ti]
+    y, sp, sq = w * inv_k, pp * inv_k, qq * inv_k
 
     def f2_square(x):
-        y = x / k
-        fl = jnp.floor(y)
-        phi = y - fl
-        return (1.0 - 2.0 * jnp.mod(fl, 2.0)) * phi * (1.0 - phi) * 0.25
+        e = 1.0 - (x - 2.0 * jnp.floor(0.5 * x))
+        return e * (1.0 - jnp.abs(e))
 
-    odd = 0.5 + (f2_square(w + pp) - f2_square(w + qq) - f2_square(w - qq)
-                 + f2_square(w - pp)) * (k * k) / (fa * fb)
+    odd = 0.5 + 0.25 * (f2_square(y + sp) - f2_square(y + sq) - f2_square(y - sq)
+                        + f2_square(y - sp)) / ((fa * inv_k) * (fb * inv_k))
     colours = scene.tex_colours[ti]
     texel = colours[:, 0] + (colours[:, 1] - colours[:, 0]) * odd[:, None]
 
