@@ -208,7 +208,8 @@ def test_one_pixel_eye_sees_goal_and_adversary_alike():
             pos = jnp.array([2.5 * np.cos(th), 2.5 * np.sin(th), 0.5])
             mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(pos)
             mocap = mocap.at[env.world.objects[other].mocap].set(far)
-            img, _, geom = render(kin(data.replace(qpos=qpos, mocap_pos=mocap)), s.info["eyes"], s.info["wall_material"])
+            data = kin(data.replace(qpos=qpos, mocap_pos=mocap))
+            img, _, geom = render(data, s.info["eyes"], s.info["wall_material"])
             assert int(geom[0, 0, 0, 0]) == env.world.objects[obj].geom
             seen.append(np.asarray(img[0, 0, 0]))
         np.testing.assert_allclose(seen[0], seen[1], atol=0.03)

@@ -428,12 +428,14 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     w = w - lf * jnp.floor(w / lf)  # one period: the four points below keep their precision
     pp, qq = (fa + fb) / 2, (fa - fb) / 2
 
-    # Square waves (stripes): closed form. In stripe units y (period 2), the zero-mean wave ∓½ has
-    # the periodic second antiderivative F2(y) = e(1 − |e|)/4, e = 1 − (y mod 2) (φ(1 − φ)/4 on even
-    # stripes, its negative on odd ones), so the box-filtered fraction of odd stripe is
-    # ½ + second difference / (|a||b|), a, b in stripes. No table reads, no divisions.
+    # Square waves (stripes): closed form, no table reads. In stripe units y (period 2), the
+    # zero-mean wave ∓½ has the periodic second antiderivative F2(y) = e(1 − |e|)/4,
+    # e = 1 − (y mod 2) (φ(1 − φ)/4 on even stripes, its negative on odd ones), so the box-filtered
+    # fraction of odd stripe is ½ + [F2(y + p) − F2(y + q) − F2(y − q) + F2(y − p)] / (|a||b|).
     inv_k = 1.0 / scene.tex_stripe[ti]
-    y, sp, sq = w * inv_k, pp * inv_k, qq * inv_k
+    y = w * inv_k
+    y = y - 2.0 * jnp.floor(0.5 * y)  # [0, 2): one period, so the four points keep their precision
+    sp, sq = pp * inv_k, qq * inv_k
 
     def f2_square(x):
         e = 1.0 - (x - 2.0 * jnp.floor(0.5 * x))
