@@ -20,9 +20,8 @@ from omegaconf import OmegaConf
 
 from aci_jax.config import CONFIG_DIR, ConfigError, validate
 from aci_jax.rl import checkpoint
+from aci_jax.runs import atomic_write, command_errors
 from aci_jax.train import Built, best_params, build, write_evaluation
-
-PARAMS = ("best", "last")
 
 
 _ABSENT = object()
@@ -43,8 +42,6 @@ def load_run_config(argv: list[str]):
         if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"{key}: no such key in the run's config; add a new one with +{key}=...")
     cfg = OmegaConf.merge(base, cli)
-    if cfg.eval.params not in PARAMS:
-        raise ConfigError(f"eval.params={cfg.eval.params!r}; valid: {list(PARAMS)}")
     validate(cfg)
     return cfg, run_dir
 
@@ -90,12 +87,16 @@ def show_in_viewer(b: Built, params, eyes, key: jax.Array, fps: float = 10.0) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    try:
-        cfg, run_dir = load_run_config(sys.argv[1:] if argv is None else argv)
-        b = build(cfg)
-        params, step, eyes, which = load_params(b, cfg, run_dir)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    with command_errors("eval"):
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> dict:
+    """Evaluate without taking the run's lock (a running training may hold it): reads only, and
+    writes only its own files (eval.json, eval_summary.txt, videos/eval_*)."""
+    cfg, run_dir = load_run_config(argv)
+    b = build(cfg)
+    params, step, eyes, which = load_params(b, cfg, run_dir)
     report = write_evaluation(b, params, eyes, cfg, run_dir, step, which, name="eval.json")
     summary = (f"run {run_dir} ({cfg.expname}), {which} parameters from env step {step:,}\n"
                f"fitness {report['fitness']:.3f} | mean return {report['mean_return']:.3f} | success rate "
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary += "".join(f"  {m}: mean return {report[f'mean_return/{m}']:.3f} | success rate "
                            f"{report[f'success_rate/{m}']:.3f} | failure rate {report[f'failure_rate/{m}']:.3f}\n"
                            for m in b.eval_mazes)
-    (run_dir / "eval_summary.txt").write_text(summary)
+    atomic_write(run_dir / "eval_summary.txt", summary)
     print(summary, end="")
     if cfg.eval.viewer:
         show_in_viewer(b, params, eyes, jax.random.PRNGKey(int(cfg.seed) + 1))

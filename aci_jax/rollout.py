@@ -13,13 +13,12 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from aci_jax.config import CONFIG_DIR, ConfigError, validate
+from aci_jax.config import CONFIG_DIR
 from aci_jax.envs.env import Env, make_env
+from aci_jax.runs import RunFolder, command_errors, command_run_dir
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
-
-POLICIES = ("random", "nearest_object")
 
 
 def nearest_object_policy(env: Env):
@@ -42,10 +41,8 @@ def random_policy(env: Env):
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Roll out `rollout.n_envs` envs for `rollout.n_steps` steps; write the video and eyes.png."""
     r = cfg.rollout
-    if r.policy not in POLICIES:
-        raise ConfigError(f"rollout.policy={r.policy!r}; valid: {list(POLICIES)}")
     env = make_env(cfg)
-    policy = (random_policy if r.policy == "random" else nearest_object_policy)(env)
+    policy = {"random": random_policy, "nearest_object": nearest_object_policy}[r.policy](env)
     n, video_env = int(r.n_envs), int(r.video_env)
 
     @jax.jit
@@ -58,8 +55,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         data = state.pipeline_state
         top = birdseye(env, data, state.info["wall_material"], state.info["maze"], int(r.view_size))
         behind = third_person(env, data, state.info["wall_material"], int(r.view_size))
-        eyes, _, _ = env.render_eyes(data, state.info["eyes"], state.info["wall_material"])
-        return top, behind, eyes
+        return top, behind, env.eye_images(state.obs, state.info["eyes"])  # the frame the agent sees (optics: noise too)
 
     key = jax.random.PRNGKey(int(cfg.seed))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, n))
@@ -99,14 +95,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    run(cfg, run_dir)
+    with command_errors("rollout"):
+        run_dir = command_run_dir(cfg)
+        with RunFolder.open(run_dir, cfg, "rollout") as folder:  # its own folder, never a training run's
+            run(folder.cfg, folder.path)
 
 
 if __name__ == "__main__":

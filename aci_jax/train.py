@@ -24,19 +24,20 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents, validate
+from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents
 from aci_jax.envs.env import Env, make_env
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
 from aci_jax.rl.evaluation import make_evaluate, make_recorder, summarize, write_videos
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
+from aci_jax.runs import RunError, RunFolder, append_jsonl, atomic_write, command_errors, command_run_dir, read_jsonl, rewrite_jsonl
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 _BUILT: dict[str, "Built"] = {}  # config yaml -> Built: equal configs share compilations
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
 
 
@@ -87,23 +88,31 @@ def _jsonable(m: dict) -> dict:
 class RunLog:
     """metrics.jsonl, evaluations.jsonl and TensorBoard events of a run, continued on resume.
 
-    Lines beyond the resumed checkpoint (written after it by a killed run) are dropped, so the logs
-    read as one uninterrupted run.
+    Rows beyond the resumed checkpoint (written after it by a killed run) are dropped, so the logs
+    read as one uninterrupted run; the drop is an atomic rewrite, new rows are fsynced appends.
     """
 
     def __init__(self, run_dir: Path, env_steps: int):
         from tensorboardX import SummaryWriter
 
         self.paths = {"train": run_dir / "metrics.jsonl", "eval": run_dir / "evaluations.jsonl"}
-        self.rows = {name: [r for r in read_jsonl(p) if r["env_steps"] <= env_steps] for name, p in self.paths.items()}
+        self.rows = {}
         for name, p in self.paths.items():
-            p.write_text("".join(json.dumps(r) + "\n" for r in self.rows[name]))
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
+            rows = read_jsonl(p)
+            self.rows[name] = [r for r in rows if r["env_steps"] <= env_steps]
+            if len(self.rows[name]) != len(rows) or (p.exists() and not p.read_text().endswith("\n")
+                                                     and p.stat().st_size):
+                rewrite_jsonl(p, self.rows[name])
+        # Events of an earlier start after the resumed checkpoint (a killed run's, or all of them
+        # when it had none) are hidden from the step after the checkpoint on. A new events file per
+        # start: tensorboardX names it by the second, and a second start within it would truncate it.
+        tb = run_dir / "tb"
+        self.tb = SummaryWriter(str(tb), purge_step=env_steps + 1 if tb.is_dir() else None,
+                                filename_suffix=f".{time.time_ns()}")
 
     def write(self, name: str, row: dict) -> None:
         self.rows[name].append(row)
-        with open(self.paths[name], "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(self.paths[name], row)
         for k, v in row.items():
             if k != "env_steps" and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.tb.add_scalar(f"{name}/{k}", v, row["env_steps"])
@@ -113,16 +122,12 @@ class RunLog:
         self.tb.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def _start(cfg: DictConfig, ppo: PPO, mngr) -> TrainState:
-    """Latest checkpoint of this run, else `train.model_path`, else a fresh init."""
+def _start(cfg: DictConfig, ppo: PPO, run_dir: Path) -> TrainState:
+    """Newest readable checkpoint of this run, else `train.model_path`, else a fresh init."""
     ts = ppo.jit_init(jax.random.PRNGKey(int(cfg.seed)))
-    if mngr.latest_step() is not None:
-        step = mngr.latest_step()
-        ts = checkpoint.restore(mngr, step, ts)
+    found = checkpoint.restore_newest(run_dir / "checkpoints", ts)
+    if found is not None:
+        ts, step = found
         print(f"[train] resuming from step {step:,} (iteration {int(ts.iteration)})")
     elif cfg.train.get("model_path"):
         try:
@@ -153,17 +158,21 @@ def _log_line(m: dict, it: int, n_it: int, rate: float, eta: float, evals: list[
 
 def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None) -> dict:
     """Train (or resume) in `run_dir`; stop early after `stop_after` iterations of this call.
-    Returns {'state', 'fitness' (None when stopped before the end), 'iterations' (done in this call)}."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    Returns {'state', 'fitness' (None when stopped before the end), 'iterations' (done in this call)}.
+    The folder is locked for the call, and a resumed run's config must agree with its config.yaml
+    (`aci_jax.runs`)."""
+    with RunFolder.open(run_dir, cfg, "train") as folder:
+        return _train(folder.cfg, folder.path, stop_after)
+
+
+def _train(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> dict:
     if cfg.trainer.get("mode", "ppo") == "test":
         return test_run(cfg, run_dir)
     b = build(cfg)
     ppo, t = b.ppo, cfg.train
+    ts = _start(cfg, ppo, run_dir)
     mngr = checkpoint.manager(run_dir / "checkpoints", int(t.max_to_keep))
     best_mngr = checkpoint.manager(run_dir / "best", 1)
-    ts = _start(cfg, ppo, mngr)
     log = RunLog(run_dir, int(ts.env_steps))
     for step in best_mngr.all_steps():  # saved by a killed run after its last checkpoint: redone below
         if step > int(ts.env_steps):
@@ -172,7 +181,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = Non
     patience = t.get("early_stop")
     stopped = lambda: patience is not None and _since_best(log.rows["eval"])[1] >= int(patience)
     eval_key = jax.random.PRNGKey(int(cfg.seed) + 1)
-    done, t_first, t0 = 0, None, time.perf_counter()
+    done, t_first, t0, ok = 0, None, time.perf_counter(), False
     try:
         while int(ts.iteration) < n_it and not stopped() and (stop_after is None or done < stop_after):
             t_it = time.perf_counter()
@@ -198,10 +207,14 @@ def train_run(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = Non
             if stopped():
                 print(f"[train] early stop: {patience} evaluations without improvement")
             result["fitness"] = finish(b, ts, cfg, run_dir, best_mngr, log)
-    finally:
-        mngr.close()
-        best_mngr.close()
-        log.close()
+        ok = True
+    finally:  # after a failure (a full disk, ...) closing must not hide it: its own errors are dropped
+        for close in (lambda: checkpoint.close(mngr), lambda: checkpoint.close(best_mngr), log.close):
+            try:
+                close()
+            except Exception:
+                if ok:
+                    raise
     print(f"[train] {done} iterations in {time.perf_counter() - t0:.1f} s; run folder {run_dir}")
     return result
 
@@ -238,7 +251,7 @@ def write_evaluation(b: Built, params, eyes: EyeParams, cfg: DictConfig, run_dir
     `name` (fitness, rates, returns) and one video per maze into `videos/`."""
     key = jax.random.PRNGKey(int(cfg.seed) + 1)
     report = {"params": which, "env_steps": step, **summarize(b.evaluate(params, eyes, key), b.eval_mazes)}
-    (run_dir / name).write_text(json.dumps(report, indent=1))
+    atomic_write(run_dir / name, json.dumps(report, indent=1))
     videos = write_videos(b.record(params, eyes, key), eyes, b.eval_env, run_dir / "videos",
                           f"{which}_{step}", fps=int(cfg.rollout.fps))
     print(f"[eval] {which} parameters (step {step:,}): fitness {report['fitness']:.3f}, mean return "
@@ -251,7 +264,7 @@ def test_run(cfg: DictConfig, run_dir: Path) -> dict:
     """`trainer.mode=test`: the synthetic fitness of the configured eyes, without training."""
     eyes_cfg = cfg.env.agents[trainable_agents(cfg.env)[0]].eyes
     fit = float(synthetic_fitness(EyeParams.from_config(eyes_cfg)))
-    (run_dir / "fitness.json").write_text(json.dumps(
+    atomic_write(run_dir / "fitness.json", json.dumps(
         {"fitness": fit, "mode": "test", "eyes": OmegaConf.to_container(eyes_cfg)}, indent=1))
     print(f"[train] test mode: synthetic fitness {fit:.4f}; run folder {run_dir}")
     return {"state": None, "iterations": 0, "fitness": fit}
@@ -285,13 +298,9 @@ def plot_learning_curve(run_dir: Path) -> Path:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        validate(cfg)
-        train_run(cfg, Path(cfg.run_dir))
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
-    except TrainingDiverged as e:
-        raise SystemExit(f"training diverged: {e}") from None
+    with command_errors("train"):
+        run_dir = command_run_dir(cfg)
+        train_run(cfg, run_dir)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ env in plain Python with `mj_step` and `mj_multiRay` (as many rays as the JAX ey
 as many worker processes as JAX has devices; their env-steps/s add up. Each side times `--repeats`
 windows and keeps the fastest, as other load on the machine only ever slows a window down.
 
-Two sweeps, for detection (OPEN maze) and navigation (COMPLEX maze):
+Two sweeps, for detection (OPEN maze) and navigation (COMPLEX maze), and on request detection_optics
+(detection seen through the optics eye: `--tasks detection,detection_optics --no-native` gives its cost):
   * `n_envs`: number of envs (`--n-envs`), one 10×10 eye;
   * `eyes`: eye grids (`--eyes`) and resolutions (`--resolutions`) at `--grid-envs` envs, either
     their full product (`--grid product`) or a cross through one 10×10 eye (`--grid cross`: every
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from machine import machine_info
 
-TASKS = {"detection": "OPEN", "navigation": "COMPLEX"}  # exp -> its maze
+TASKS = {"detection": "OPEN", "navigation": "COMPLEX", "detection_optics": "OPEN"}  # exp -> its maze
 EYE_KEY = "env.agents.agent.eyes"
 
 
@@ -89,7 +90,8 @@ def _grids(text: str) -> list[tuple[int, int]]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="detection,navigation", help="exps to run (detection: OPEN, navigation: COMPLEX)")
+    p.add_argument("--tasks", default="detection,navigation",
+                   help="exps to run (detection: OPEN, navigation: COMPLEX; also detection_optics: OPEN)")
     p.add_argument("--n-envs", type=_ints, default=[16, 64, 256, 1024], help="n_envs sweep (one 10x10 eye)")
     p.add_argument("--eyes", type=_grids, default=[(1, 1), (2, 2), (4, 4)], help="eye grids, e.g. 1x1,2x2,1x16")
     p.add_argument("--resolutions", type=_ints, default=[1, 4, 10, 16, 32], help="pixels per side")
@@ -238,12 +240,14 @@ class JaxEnvBench:
         windows = [self.run_steps(self.n_steps) for _ in range(a.repeats)]
         wall, cpu = min(windows)
         b = self.env.buffer
+        m = self.env.optics.margin if self.env.optics is not None else 0  # optics: buffer layout only
+        pixels = b.max_eyes * (b.height + 2 * m) * (b.width + 2 * m) if m else b.pixels
         env_steps = self.n * self.n_steps
         return {"env_steps_per_s": env_steps / wall, "env_steps_per_cpu_s": env_steps / cpu,
                 "all_env_steps_per_s": [env_steps / w for w, _ in windows],
                 "steps": self.n_steps, "seconds": wall, "cpu_seconds": cpu, "compile_s": self.compile_s,
                 "reset_compile_s": self.reset_compile_s,
-                "rays_per_env_step": b.max_eyes * b.max_res ** 2 * b.supersample ** 2}
+                "rays_per_env_step": pixels * b.supersample ** 2}
 
     def breakdown(self) -> dict:
         """µs per env step (wall, all devices together) of the step's parts, timed alone on the
@@ -258,7 +262,9 @@ class JaxEnvBench:
             return jax.lax.scan(lambda d, _: (mjx.step(env.mx, d), None), d, None, length=env.frame_skip)[0]
 
         def render(d, info):
-            return env.render_eyes(d, info["eyes"], info["wall_material"])[0]
+            if env.optics is None:
+                return env.render_eyes(d, info["eyes"], info["wall_material"])[0]
+            return env.render_eyes(d, info["eyes"], info["wall_material"], info["optics"], info["rng"])[0]
 
         parts = {"physics": (self.batched(physics, 1), (self.state.pipeline_state,)),
                  "render": (self.batched(render, 2), (self.state.pipeline_state, self.state.info))}

@@ -35,6 +35,14 @@ def test_overrides_apply():
     (["env.frame_skip=0"], r"frame_skip=0 must be a positive int"),
     (["env.maze_selection=sometimes"], r"maze_selection='sometimes'; valid"),
     (["env.nonexistent_key=1"], r"nonexistent_key"),
+    (["env.agents.agent.eyes.optics.aperture=1.5"], r"eyes\.optics\.aperture=1\.5 must be a number in \[0, 1\]"),
+    (["env.agents.agent.eyes.optics.psf_size=4"], r"optics\.psf_size=4 must be an odd integer"),
+    (["env.agents.agent.eyes.optics.wavelengths=[610,530]"], r"optics\.wavelengths=.*three wavelengths in nm"),
+    (["env.agents.agent.eyes.optics.mask=[[1,2]]"], r"optics\.mask=.*rows of 0/1"),
+    (["+env.agents.agent.eyes.optics.focus=1"], r"optics: unknown key\(s\) \['focus'\]; valid"),
+    (["env.agents.agent.eyes.optics.refractive_index=1"], r"optics\.refractive_index=1 must be a number > 1"),
+    (["env.agents.agent.eyes.optics.enabled=true", "env.render.max_pixels=100"],
+     r"eyes\.optics\.enabled=true needs the image buffer layout.*render\.max_pixels=100"),
 ])
 def test_bad_values_fail_at_load_time_naming_key_and_valid(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -42,5 +50,5 @@ def test_bad_values_fail_at_load_time_naming_key_and_valid(overrides, match):
 
 
 def test_unknown_exp():
-    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \['detection', 'navigation'\]"):
+    with pytest.raises(ConfigError, match=r"unknown exp 'flying'; valid: \[.*'detection'.*'navigation'.*'quick'\]"):
         load_config("flying")

@@ -15,8 +15,12 @@ def test_single_eye_at_middle_of_range_and_grid_spacing():
     lat, lon, ok = eye_placements(params(lon=(-90.0, 90.0)), EyeBuffer(1, 4, 1))
     np.testing.assert_allclose(np.rad2deg(lon), [0.0], atol=1e-5)
     lat, lon, ok = eye_placements(params(num=(1, 3), lon=(-90.0, 90.0)), EyeBuffer(4, 4, 1))
-    np.testing.assert_allclose(np.rad2deg(lon[:3]), [-45.0, 0.0, 45.0], atol=1e-4)
+    np.testing.assert_allclose(np.rad2deg(lon[:3]), [-90.0, 0.0, 90.0], atol=1e-4)  # ends included (ACI)
     assert ok.tolist() == [True, True, True, False]
+    _, lon, _ = eye_placements(params(num=(1, 8), lon=(-90.0, 90.0)), EyeBuffer(8, 4, 1))
+    np.testing.assert_allclose(np.rad2deg(lon)[[3, 4, 7]], [-90 / 7, 90 / 7, 90.0], atol=1e-4)
+    _, lon, _ = eye_placements(params(num=(1, 4), lon=(-180.0, 180.0)), EyeBuffer(4, 4, 1))
+    np.testing.assert_allclose(np.rad2deg(lon), [-180.0, -90.0, 0.0, 90.0], atol=1e-4)  # no two at ±180
 
 
 def test_eye_at_lon_90_looks_left_of_agent():

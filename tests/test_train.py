@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import aci_jax
 from aci_jax.config import ConfigError
@@ -85,11 +86,12 @@ def test_eval_command_writes_report_summary_and_videos(full_run):
                                            (["run_dir=/nowhere"], "no config.yaml"),
                                            (["eval.params=worst"], "eval.params='worst'; valid"),
                                            (["eval_env.spawn_jiter=0.5"], "eval_env.spawn_jiter: no such key")])
-def test_eval_command_errors(full_run, argv, message):
+def test_eval_command_errors(full_run, argv, message, capsys):
     if argv and argv[0].startswith("eval"):
         argv = [f"run_dir={full_run[0]}", *argv]
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit) as e:
         eval_cmd.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_early_stop_after_evaluations_without_improvement(tmp_path, capsys):
@@ -139,8 +141,9 @@ def test_killed_mid_run_resumes_from_last_good_checkpoint(full_run, tmp_path, ca
     """SIGKILL a training process once it has written a checkpoint; the same command resumes and
     reaches the uninterrupted run's parameters, with logs reading as one run."""
     args = [sys.executable, "-m", "aci_jax.train", "exp=detection", f"run_dir={tmp_path}", *TINY]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(aci_jax.__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo}  # this checkout's aci_jax
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=repo)
     try:
         while checkpoint.manager(tmp_path / "checkpoints").latest_step() is None and proc.poll() is None:
             time.sleep(0.2)
@@ -158,8 +161,10 @@ def test_killed_mid_run_resumes_from_last_good_checkpoint(full_run, tmp_path, ca
 
 
 def test_nan_stops_without_saving(tmp_path):
+    cfg = _cfg()
+    OmegaConf.update(cfg, "trainer.learning_rate", float("nan"))  # load_config rejects it; train_run takes it
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
-        train_run(_cfg("trainer.learning_rate=nan"), tmp_path)
+        train_run(cfg, tmp_path)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() is None
 
 

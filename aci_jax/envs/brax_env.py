@@ -4,8 +4,9 @@ brax's PPO with `wrap_env=False` calls `reset` and `step` on whole batches and a
 `BraxEnv` is vmapped itself and keeps the env's own episodes, time-outs and auto-reset (brax's
 EpisodeWrapper and AutoResetWrapper would double them up). Its observation is one flat vector: each
 eye's frame stack, then the stacked last actions and contact flags, in the order of the `flatten`
-encoder's input. The obs dict the env steps on rides along in `info['obs_dict']`; `info` also holds
-the extras brax's PPO reads: `truncation` (the env's own), `episode_metrics` and `episode_done`.
+encoder's input (packed layout: the `pixels` stack in slot order instead of the eyes). The obs dict
+the env steps on rides along in `info['obs_dict']`; `info` also holds the extras brax's PPO reads:
+`truncation` (the env's own), `episode_metrics` and `episode_done`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class BraxEnv(BraxBaseEnv):
     def __init__(self, env: Env, eyes: EyeParams | None = None):
         self.env = env
         self.eyes = env.default_eyes if eyes is None else eyes
-        self.obs_keys = (*env.eye_names, "action", "contact")
+        self.obs_keys = (*env.image_keys, "action", "contact")
 
     def reset(self, rng: jax.Array) -> State:
         """`rng`: (n_envs, 2) keys, one per env."""

@@ -4,7 +4,15 @@ One env is unbatched and pure, so `jax.vmap` batches it and `jax.jit` compiles i
 point agent's controller sets the actuators, `frame_skip` MJX sub-steps run (contacts recorded at
 each), the task's functions score the step, step hooks run, finished episodes are reset in place
 (new maze, spawn cells, wall textures), wall proxies follow the agent, and the eyes render the new
-frame into the frame stack.
+frame into the frame stack. With `eyes.optics.enabled`, the eyes image through their aperture
+(`aci_jax.eyes.optics`): `reset` computes the individual's PSFs once (`info['optics']`), and each
+frame is blurred, dimmed and given sensor noise from a key folded out of the state's rng.
+
+Eye observations: one (stack, H, W, 3) image per eye slot keyed by name (buffer layout), or with
+`env.render.max_pixels` = P one `pixels` (stack, P, 3) of the individual's real pixels, packed
+(`geometry.packed_slots`; zeros in unused slots), so a step casts only P · supersample² rays.
+`render_eyes` gives display images in both layouts. The optics eye convolves images, so it needs the
+buffer layout (config validation rejects it with `env.render.max_pixels`).
 """
 
 from __future__ import annotations
@@ -20,12 +28,15 @@ from omegaconf import DictConfig
 
 from aci_jax.config import env_config
 from aci_jax.envs.tasks import StepContext, build_task
-from aci_jax.eyes.geometry import EyeBuffer, EyeParams, eye_rays, pixel_mask, static_buffer
+from aci_jax.eyes import optics as optics_lib
+from aci_jax.eyes.geometry import (EyeBuffer, EyeParams, eye_rays, optics_config, packed_rays, packed_slots,
+                                   pixel_mask, static_buffer, unpack)
 from aci_jax.eyes.render import RenderScene, cast_rays, make_render_scene
 from aci_jax.world.scene import PROXY_PARK_Z, World, build_world
 
 RESET_FIELDS = ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart", "time")
 NEIGHBOURS = np.array([(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)])
+NOISE_SALT = 0x0e7e  # the optics eye's sensor noise key: fold_in(state rng, NOISE_SALT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +78,10 @@ class Env:
         self.max_turn = float(np.deg2rad(float(self.agent_cfg.get("max_turn", 45.0))))  # radians per step
         self.default_eyes = EyeParams.from_config(self.eyes_cfg)
         self.buffer: EyeBuffer = static_buffer(self.eyes_cfg, env_cfg.render)
+        self.optics: optics_lib.OpticsConfig | None = optics_config(self.eyes_cfg)
         self.eye_names = self.buffer.names(tuple(self.eyes_cfg.num_eyes))
+        # The observation's image keys: one per eye slot, or the packed layout's one `pixels`.
+        self.image_keys = ("pixels",) if self.buffer.packed else tuple(self.eye_names)
         self.scene: RenderScene = make_render_scene(self.world, tuple(env_cfg.render.background))
         self.n_mazes = len(self.world.mazes)
         self.frame_skip = int(env_cfg.frame_skip)
@@ -141,8 +155,11 @@ class Env:
 
     @property
     def observation_size(self) -> dict[str, tuple]:
-        r = self.buffer.max_res
-        shapes = {name: (self.stack, r, r, 3) for name in self.eye_names}
+        b = self.buffer
+        if b.packed:
+            shapes = {"pixels": (self.stack, b.max_pixels, 3)}
+        else:
+            shapes = {name: (self.stack, b.height, b.width, 3) for name in self.eye_names}
         shapes.update(action=(self.stack, 2), contact=(self.stack, 1))
         return shapes
 
@@ -155,6 +172,8 @@ class Env:
         data, info = self._new_episode(key_ep, maze)
         data = self._place_proxies(data, maze)
         info.update(rng=rng, eyes=eyes)
+        if self.optics is not None:
+            info.update(optics=self.prepare_optics(eyes))
         frame = self._observe(data, info, jnp.zeros(2), jnp.bool_(False))
         obs = jax.tree.map(lambda f: jnp.zeros((self.stack, *f.shape)).at[-1].set(f), frame)
         zero = jnp.float32(0.0)
@@ -202,11 +221,11 @@ class Env:
             info[k] = pick(new_info[k], cont_info[k])
         data = self._place_proxies(data, info["maze"])
         last_action = jnp.where(done, 0.0, action)
+        info.update(rng=rng, truncation=(timeout & ~ctx.terminated & ~ctx.truncated).astype(jnp.float32))
         frame = self._observe(data, info, last_action, jnp.where(done, False, contact))
         obs = jax.tree.map(
             lambda s, f: jnp.where(done, jnp.zeros_like(s).at[-1].set(f),
                                    jnp.concatenate([s[1:], f[None]], 0)), state.obs, frame)
-        info.update(rng=rng, truncation=(timeout & ~ctx.terminated & ~ctx.truncated).astype(jnp.float32))
         return state.replace(pipeline_state=data, obs=obs, reward=reward,
                              done=done.astype(jnp.float32), metrics=ep, info=info)
 
@@ -340,17 +359,29 @@ class Env:
             xpos = xpos.at[o.geom].set(data.mocap_pos[o.mocap])
         return xpos
 
-    def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
-        """Eye images (max_eyes, R, R, 3), depth (max_eyes, R, R) and geom ids (max_eyes, R, R, s²).
+    def render_eyes(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array,
+                    optics: dict | None = None, key: jax.Array | None = None):
+        """Eye images (max_eyes, H, W, 3), depth (max_eyes, H, W) and geom ids (max_eyes, H, W, s²)
+        for display and diagnostics. Packed layout: `render_packed`'s P pixels unpacked (0, inf
+        and -1 outside the individual's pixels); buffer layout: every buffer pixel is cast.
 
         Each pixel averages its s² sub-rays; each sub-ray's texture colour is box-filtered over its
         footprint (ray differentials from the eyes' fov and resolution, which are data), so a pixel
         is the average of the scene over its patch of view and fine stripes blend as they would on
-        a real sensor."""
+        a real sensor.
+
+        Optics eye (buffer layout only): `optics` are `prepare_optics(eyes)` (computed here when None)
+        and `key` draws the sensor noise (None: no noise). Depth and geom ids are those of the field
+        of view."""
         b = self.buffer
+        if b.packed:
+            rgb, depth, geom = self.render_packed(data, eyes, wall_material)
+            return (unpack(rgb, eyes, b), unpack(depth, eyes, b, axis=-1, fill=jnp.inf),
+                    unpack(geom, eyes, b, fill=-1))
+        m = 0 if self.optics is None else self.optics.margin
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
-        origins, dirs, step_x, step_y, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius,
+        origins, dirs, step_x, step_y, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius, margin=m,
                                                        differentials=True)
         per_ray = lambda x: jnp.broadcast_to(x[:, None, None, None], dirs.shape).reshape(-1, 3)
         rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
@@ -359,7 +390,47 @@ class Env:
                                      ray_dx=per_ray(step_x), ray_dy=per_ray(step_y), view_axis=per_ray(axes))
         shape = dirs.shape[:-1]
         mask = pixel_mask(eyes, b)
-        img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]
+        if self.optics is None:
+            img = rgb.reshape(*shape, 3).mean(-2) * mask[..., None]
+            return img, depth.reshape(shape).min(-1), geom.reshape(shape)
+        crop = lambda x: x[:, m:m + b.height, m:m + b.width]
+        depth, geom = crop(depth.reshape(shape)), crop(geom.reshape(shape))
+        # Each eye's PSF is that of the mean inverse depth over its pixels' rays (misses: 1/∞ = 0).
+        inv = jnp.where(jnp.isfinite(depth), 1.0 / jnp.maximum(depth, 1e-3), 0.0).mean(-1) * mask
+        inv = inv.sum((1, 2)) / jnp.maximum(mask.sum((1, 2)), 1)
+        if optics is None:
+            optics = self.prepare_optics(eyes)
+        sub = optics_lib.subpixel_image(rgb.reshape(*shape, 3), b.supersample)
+        img = optics_lib.form_image(sub, inv, optics, self.optics, b.supersample, key) * mask[..., None]
+        return img, depth.min(-1), geom
+
+    def prepare_optics(self, eyes: EyeParams) -> dict:
+        """The optics eye's PSFs and throughput for `eyes` (fixed within an episode)."""
+        return optics_lib.prepare(eyes.optics, self.optics, eyes.fov, eyes.resolution, self.buffer.supersample)
+
+    def eye_images(self, obs: dict, eyes: EyeParams) -> jax.Array:
+        """(max_eyes, H, W, 3): the current frame of each eye in an observation, as the agent saw it
+        (packed layout: the `pixels` unpacked with the individual's `eyes`)."""
+        if self.buffer.packed:
+            return unpack(obs["pixels"][-1], eyes, self.buffer)
+        return jnp.stack([obs[name][-1] for name in self.eye_names])
+
+    def render_packed(self, data: mjx.Data, eyes: EyeParams, wall_material: jax.Array):
+        """Packed layout: pixels (P, 3) (zeros in unused slots), depth (P,) and geom ids (P, s²) of
+        the slots `geometry.packed_slots` lays out; P · s² rays."""
+        b = self.buffer
+        pos = data.qpos[self.agent.qpos_adr]
+        origin = jnp.array([pos[0], pos[1], self.agent.radius])
+        origins, dirs, step_x, step_y, axes = packed_rays(eyes, b, origin, pos[2], self.agent.radius,
+                                                          differentials=True)
+        per_ray = lambda x: jnp.broadcast_to(x[:, None], dirs.shape).reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
+                                     dirs.reshape(-1, 3), exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material),
+                                     ray_dx=per_ray(step_x), ray_dy=per_ray(step_y), view_axis=per_ray(axes))
+        shape = dirs.shape[:-1]
+        valid = packed_slots(eyes, b)[3]
+        img = rgb.reshape(*shape, 3).mean(-2) * valid[:, None]
         return img, depth.reshape(shape).min(-1), geom.reshape(shape)
 
     def _wall_material(self, group_material: jax.Array) -> jax.Array:
@@ -367,8 +438,17 @@ class Env:
         return jnp.where(geom_group >= 0, group_material[jnp.maximum(geom_group, 0)], -1)
 
     def _observe(self, data: mjx.Data, info: dict, last_action: jax.Array, contact: jax.Array) -> dict:
-        img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
-        obs = {name: img[k] for k, name in enumerate(self.eye_names)}
+        """The frame of the current state; the optics eye's noise key is folded out of the rng the
+        state carries (`info['rng']`, fresh every step), so other draws are unchanged."""
+        if self.buffer.packed:
+            obs = {"pixels": self.render_packed(data, info["eyes"], info["wall_material"])[0]}
+        else:
+            if self.optics is None:
+                img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"])
+            else:
+                img, _, _ = self.render_eyes(data, info["eyes"], info["wall_material"], info["optics"],
+                                             jax.random.fold_in(info["rng"], NOISE_SALT))
+            obs = {name: img[k] for k, name in enumerate(self.eye_names)}
         obs.update(action=last_action.astype(jnp.float32), contact=contact.astype(jnp.float32)[None])
         return obs
 

@@ -70,7 +70,7 @@ def make_recorder(ppo, env, view_size: int):
         def step(state, _):
             data, info = state.pipeline_state, state.info
             top = birdseye(env, data, info["wall_material"], info["maze"], view_size)
-            images, _, _ = env.render_eyes(data, eyes, info["wall_material"])
+            images = env.eye_images(state.obs, info["eyes"])  # as the agent saw them (optics eye: with noise)
             nxt = env.step(state, act(state.obs))
             frame = (jnp.clip(top * 255, 0, 255).astype(jnp.uint8), images,
                      nxt.metrics["episode_done"] > 0, info["maze"])

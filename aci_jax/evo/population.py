@@ -1,0 +1,125 @@
+"""A generation is one program: PPO training and ACI's fitness of every individual, vmapped.
+
+`PopulationTrainer(ppo, eval_env, n_eval_envs, eval_every)` gives pure functions of ONE individual
+(its seed and eyes); `jax.vmap` makes them a population's:
+- `init(seed, eyes) -> Member`: `PPO.init(PRNGKey(seed), eyes)` and an empty best-evaluation record;
+- `segment(member, length) -> (member, metrics)`: `length` PPO iterations (an individual whose
+  losses or parameters turn NaN/inf is frozen at its last good state and marked `diverged`; one that
+  early-stops is frozen too), then one evaluation on the eval env; the best evaluation's parameters
+  are kept on device, as `aci_jax.train` keeps them in best/;
+- `train_and_evaluate(seed, eyes) -> (member, fitness, metrics)`: init and every segment in one
+  program (what a GPU runs whole; the command drives segments from Python to report progress and
+  checkpoint between them).
+Evaluations happen where `aci_jax.train` makes them (every `train.eval_every` iterations and at the
+last), with the same key (PRNGKey(seed + 1)), so an individual's fitness and parameters equal its
+solo `aci_jax.train` run's. Fitness is ACI's (best evaluation's returns: drop 1.5-IQR outliers, then
+the median of the top quarter), computed on device by `fitness_of`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from aci_jax.eyes.geometry import EyeParams
+from aci_jax.rl.evaluation import make_evaluate
+from aci_jax.rl.ppo import PPO, TrainState
+
+TRAIN_METRICS = ("episode_return", "episode_success")
+
+
+@struct.dataclass
+class Member:
+    """One individual's training and its best evaluation so far (a population: leading axis)."""
+
+    ts: TrainState
+    seed: jax.Array  # int32
+    best_params: Any
+    best_mean: jax.Array  # mean return of the best evaluation (-inf: none yet)
+    best_fitness: jax.Array
+    best_success: jax.Array
+    best_step: jax.Array  # env steps of the best evaluation
+    since_best: jax.Array  # evaluations since the best (early stop)
+    active: jax.Array  # bool: still training
+    diverged: jax.Array  # bool: stopped by NaN/inf
+
+
+def fitness_of(returns: jax.Array) -> jax.Array:
+    """ACI's fitness of evaluation returns (NaN: missing), as `aci_jax.rl.fitness.fitness`, in jnp."""
+    r = jnp.ravel(returns).astype(jnp.float32)
+    fin = jnp.isfinite(r)
+    q1, q3 = jnp.nanpercentile(jnp.where(fin, r, jnp.nan), jnp.array([25.0, 75.0]))
+    iqr = q3 - q1
+    keep = fin & (r >= q1 - 1.5 * iqr) & (r <= q3 + 1.5 * iqr)
+    p75 = jnp.nanpercentile(jnp.where(keep, r, jnp.nan), 75.0)
+    top = keep & (r >= p75)
+    return jnp.where(keep.any(), jnp.nanmedian(jnp.where(top, r, jnp.nan)), -jnp.inf)
+
+
+def _finite(ts: TrainState, metrics: dict) -> jax.Array:
+    leaves = jax.tree.leaves(ts.params) + [metrics[k] for k in ("policy_loss", "value_loss", "entropy")]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def segment_lengths(n_iterations: int, eval_every: int) -> list[int]:
+    """Iterations per segment: evaluations after every `eval_every` iterations and after the last
+    (as `aci_jax.train`); one segment when `eval_every` is 0."""
+    if not eval_every:
+        return [n_iterations]
+    lengths = [eval_every] * (n_iterations // eval_every)
+    return lengths + ([n_iterations % eval_every] if n_iterations % eval_every else [])
+
+
+class PopulationTrainer:
+    def __init__(self, ppo: PPO, eval_env, n_eval_envs: int, eval_every: int, early_stop: int | None = None):
+        self.ppo = ppo
+        self.evaluate = make_evaluate(ppo, eval_env, n_eval_envs)
+        self.lengths = segment_lengths(ppo.n_iterations, int(eval_every or 0))
+        self.early_stop = early_stop
+
+    def init(self, seed: jax.Array, eyes: EyeParams) -> Member:
+        ts = self.ppo.init(jax.random.PRNGKey(seed), eyes)
+        f = jnp.float32
+        return Member(ts, jnp.asarray(seed, jnp.int32), ts.params, f(-jnp.inf), f(-jnp.inf), f(jnp.nan),
+                      jnp.int32(-1), jnp.int32(0), jnp.bool_(True), jnp.bool_(False))
+
+    def segment(self, m: Member, length: int) -> tuple[Member, dict]:
+        def step(carry, _):
+            ts, active, diverged = carry
+            new, metrics = self.ppo.iteration(ts)
+            ok = _finite(new, metrics)
+            keep = active & ok
+            ts = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, ts)
+            return (ts, keep, diverged | (active & ~ok)), {k: jnp.where(keep, metrics[k], jnp.nan)
+                                                           for k in TRAIN_METRICS}
+
+        (ts, active, diverged), train = jax.lax.scan(step, (m.ts, m.active, m.diverged), None, length=length)
+        out = self.evaluate(ts.params, ts.eyes, jax.random.PRNGKey(m.seed + 1))
+        mean = jnp.nanmean(out["return"])
+        fit = fitness_of(out["return"])
+        success = jnp.nanmean(out["success"])
+        # an individual frozen before this segment repeats its last evaluation: it cannot improve
+        better = (mean > m.best_mean) & m.active
+        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(better, x, y), a, b)
+        since = jnp.where(better, 0, m.since_best + m.active.astype(jnp.int32))
+        if self.early_stop is not None:
+            active = active & (since < self.early_stop)
+        m = Member(ts, m.seed, pick(ts.params, m.best_params), jnp.where(better, mean, m.best_mean),
+                   jnp.where(better, fit, m.best_fitness), jnp.where(better, success, m.best_success),
+                   jnp.where(better, ts.env_steps, m.best_step), since, active, diverged)
+        metrics = {"train_return": jnp.nanmean(train["episode_return"]),
+                   "train_success": jnp.nanmean(train["episode_success"]),
+                   "eval_return": mean, "eval_success": success, "eval_fitness": fit, "env_steps": ts.env_steps}
+        return m, metrics
+
+    def train_and_evaluate(self, seed: jax.Array, eyes: EyeParams) -> tuple[Member, jax.Array, list[dict]]:
+        """The whole training of one individual; (member, fitness, metrics per segment). Pure."""
+        m = self.init(seed, eyes)
+        metrics = []
+        for length in self.lengths:
+            m, mt = self.segment(m, length)
+            metrics.append(mt)
+        return m, m.best_fitness, metrics

@@ -1,0 +1,448 @@
+"""`evolve(cfg, run_dir)`: an eye evolution in one run folder, resumable at any moment.
+
+Per generation g: the strategy asks for a population (keys derived from (seed, g), so asking again
+after a restart gives the same genomes); feasible individuals train together (`PopulationTrainer`,
+vmapped, in sub-batches of `evo.sub_batch`, segments of `train.eval_every` iterations driven from
+Python with a progress line after each); infeasible ones get `evo.penalty_fitness`; the strategy is
+told; records are appended; the strategy state is checkpointed (orbax, `evolution/<g+1>`). Within
+a generation the population's training state is checkpointed every `evo.checkpoint_every` segments
+(`generation/<segment>`), so a killed run loses at most that. Rerunning the same command resumes
+("resuming generation g, segment s"); a larger `evo.num_generations` extends a finished run.
+
+Run folder (besides aci_jax.runs' files): `population.csv` (one row per individual), `generations.jsonl`
+(per generation), `training.jsonl` (per segment: each individual's training and evaluation),
+`best/` (the best individual so far: `best.json` with its eyes and fitness, orbax params, and its
+evaluation video with its eye mosaic in `videos/`), `plots/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from aci_jax.config import ConfigError, trainable_agents
+from aci_jax.evo.genome import Genome, as_config, genome_from_config, pixels, static_maxima
+from aci_jax.evo.population import PopulationTrainer
+from aci_jax.evo.strategy import EvoState, Strategy
+from aci_jax.rl import checkpoint
+from aci_jax.rl.fitness import synthetic_fitness
+from aci_jax.runs import RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
+
+EYE_FIELDS = ("num_eyes", "resolution", "fov", "lat_range", "lon_range")
+
+
+def genome_of(cfg: DictConfig) -> Genome:
+    agent = trainable_agents(cfg.env)[0]
+    try:
+        return genome_from_config(cfg.evo, cfg.env.agents[agent].eyes, int(cfg.env.frame_stack))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def population_config(cfg: DictConfig, genome: Genome) -> DictConfig:
+    """The config every individual trains with: the exp's, with static maxima that hold every feasible
+    individual (from the gene bounds and the pixel budget) unless set explicitly, in the packed pixel
+    layout: each individual renders, observes and encodes `max_pixels` pixel slots (ACI's budget:
+    50), whatever its eyes' layout, so its cost follows its own pixels, not max_eyes × width × height."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    m = static_maxima(genome)
+    r = cfg.env.render
+    for key in ("max_eyes", "max_resolution", "max_width", "max_height", "max_pixels"):
+        if r.get(key) is None:
+            r[key] = m[key]
+        if "eval_env" in cfg and "render" in cfg.eval_env and cfg.eval_env.render.get(key) is None:
+            cfg.eval_env.render[key] = r[key]
+    if "frame_stack" in m:
+        cfg.env.frame_stack = m["frame_stack"]
+    if "policy_width" in m:
+        cfg.trainer.network.hidden = [m["policy_width"]] * len(cfg.trainer.network.hidden)
+    return cfg
+
+
+def individual_config(pop_cfg: DictConfig, eyes_cfg: dict, seed: int) -> DictConfig:
+    """The `aci_jax.train` config of one individual (its eyes and seed in the population's config):
+    training it solo gives the individual's parameters and fitness."""
+    cfg = OmegaConf.create(OmegaConf.to_container(pop_cfg, resolve=True))
+    agent = trainable_agents(cfg.env)[0]
+    for section in ("env", "eval_env"):
+        if section in cfg and "agents" in cfg[section] and agent in cfg[section].agents:
+            cfg[section].agents[agent].eyes = {**OmegaConf.to_container(cfg[section].agents[agent].eyes), **eyes_cfg}
+    cfg.seed = int(seed)
+    return cfg
+
+
+def individual_seed(seed: int, generation: int, index: int) -> int:
+    """The training seed of individual `index` of generation `generation` (as ACI: from both)."""
+    return int(np.random.SeedSequence([int(seed), generation, index]).generate_state(1)[0] % (2**31 - 1))
+
+
+@dataclasses.dataclass
+class Evolution:
+    """The built pieces of an evolution config."""
+
+    cfg: DictConfig  # the population's config (static maxima filled in)
+    genome: Genome
+    strategy: Strategy
+    trainer: PopulationTrainer | None  # None in test mode
+    built: Any  # aci_jax.train.Built (PPO, eval env, recorder) or None in test mode
+
+    @property
+    def test_mode(self) -> bool:
+        return self.trainer is None
+
+
+def build_evolution(cfg: DictConfig) -> Evolution:
+    genome = genome_of(cfg)
+    try:
+        strategy = Strategy(genome, cfg.evo)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    pop_cfg = population_config(cfg, genome)
+    if pop_cfg.trainer.get("mode", "ppo") == "test":
+        return Evolution(pop_cfg, genome, strategy, None, None)
+    from aci_jax.train import build
+
+    b = build(pop_cfg)
+    t = pop_cfg.train
+    trainer = PopulationTrainer(b.ppo, b.eval_env, int(t.get("eval_envs") or pop_cfg.env.n_envs),
+                                int(t.get("eval_every") or 0), t.get("early_stop"))
+    return Evolution(pop_cfg, genome, strategy, trainer, b)
+
+
+def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None) -> dict:
+    """Evolve (or resume) in `run_dir`; stop after `stop_after` training segments of this call
+    (tests of resume). Returns {'generations' (done in this call), 'best' (best.json's content)}."""
+    with RunFolder.open(run_dir, cfg, "evo") as folder:
+        return _Loop(build_evolution(folder.cfg), folder.path, folder.cfg, stop_after).run()
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Loop:
+    def __init__(self, evo: Evolution, run_dir: Path, user_cfg: DictConfig, stop_after: int | None):
+        self.evo, self.dir, self.stop_after = evo, run_dir, stop_after
+        self.cfg = evo.cfg
+        self.user_cfg = user_cfg
+        self.segments_done = 0
+        self.pop = int(self.cfg.evo.population_size)
+        self.n_gen = int(self.cfg.evo.num_generations)
+        self.sub = int(self.cfg.evo.get("sub_batch") or self.pop)
+        self.key = jax.random.PRNGKey(int(self.cfg.seed))
+        s = evo.strategy
+        self.ask = jax.jit(s.ask)
+        self.tell = jax.jit(s.tell)
+        if evo.trainer is not None:
+            tr = evo.trainer
+            self.init = jax.jit(jax.vmap(tr.init))
+            self.segment = {n: jax.jit(jax.vmap(lambda m, n=n: tr.segment(m, n))) for n in set(tr.lengths)}
+        self.t0 = time.perf_counter()
+        self.steps_run = 0
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        state = self.evo.strategy.init(jax.random.fold_in(self.key, 10**6))
+        found = checkpoint.restore_newest(self.dir / "evolution", {"state": state})
+        g0 = 0
+        if found is not None:
+            state, g0 = found[0]["state"], found[1]
+        self._truncate_records(g0)
+        if g0 >= self.n_gen:
+            print(f"[evo] finished: {g0} generations (raise evo.num_generations to extend)")
+        done = 0
+        try:
+            for g in range(g0, self.n_gen):
+                state = self._generation(g, state)
+                done += 1
+        except _Stop:
+            pass
+        best = json.loads((self.dir / "best" / "best.json").read_text()) if (self.dir / "best" / "best.json").exists() else None
+        if done or g0 >= self.n_gen:
+            from aci_jax.evo.plots import plot_run
+
+            plot_run(self.dir)
+        print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
+        return {"generations": done, "best": best, "state": state}
+
+    def _generation(self, g: int, state: EvoState) -> EvoState:
+        k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g))
+        raw, eyes, ok, bad, asked = self.ask(k_ask, state)
+        ok_np = np.asarray(ok)
+        seeds = np.array([individual_seed(int(self.cfg.seed), g, i) for i in range(self.pop)], np.int32)
+        t_gen = time.perf_counter()
+        if self.evo.test_mode:
+            res = {"fitness": np.asarray(jax.vmap(synthetic_fitness)(eyes), np.float64),
+                   "eval_success": np.full(self.pop, np.nan), "eval_return": np.full(self.pop, np.nan),
+                   "best_step": np.zeros(self.pop, np.int64), "env_steps": np.zeros(self.pop, np.int64),
+                   "diverged": np.zeros(self.pop, bool)}
+            best_params = None
+            res["fitness"][~ok_np] = np.nan
+        else:
+            res, best_params = self._train(g, eyes, ok_np, seeds)
+        fitness = res["fitness"].copy()
+        trained = ok_np & np.isfinite(fitness)
+        floor = float(self.cfg.evo.penalty_fitness)
+        if trained.any():
+            floor = min(floor, float(np.min(fitness[trained])) - 1.0)
+        fitness[~trained] = floor
+        state, tm = self.tell(k_tell, raw, jnp.asarray(fitness, jnp.float32), asked)
+        self._record(g, raw, eyes, ok_np, np.asarray(bad), seeds, res, fitness, trained, tm, time.perf_counter() - t_gen)
+        self._keep_best(g, eyes, seeds, fitness, trained, res, best_params)
+        checkpoint.save(checkpoint.manager(self.dir / "evolution", 2), g + 1, {"state": state})
+        shutil.rmtree(self.dir / "generation", ignore_errors=True)
+        return state
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def _train(self, g: int, eyes, ok: np.ndarray, seeds: np.ndarray):
+        """Train the feasible individuals in sub-batches; per-individual results and the params of
+        the generation's best."""
+        idx = np.flatnonzero(ok)
+        n = len(idx)
+        res = {k: np.full(self.pop, np.nan) for k in ("fitness", "eval_success", "eval_return")}
+        res.update(best_step=np.zeros(self.pop, np.int64), env_steps=np.zeros(self.pop, np.int64),
+                   diverged=np.zeros(self.pop, bool))
+        lengths = self.evo.trainer.lengths
+        gen_best = {"fitness": -math.inf, "params": None, "index": -1}
+        resume = self._restore_generation(g)
+        batches = [idx[i:i + self.sub] for i in range(0, n, self.sub)]
+        for b, members_idx in enumerate(batches):
+            size = len(members_idx)
+            # padded to the sub-batch size with copies of its last member: one compiled program
+            pad = np.concatenate([members_idx, np.repeat(members_idx[-1:], self.sub - size)])
+            m_eyes = jax.tree.map(lambda x: x[jnp.asarray(pad)], eyes)
+            s0, member = 0, None
+            if resume is not None and b < resume["batch"]:
+                continue
+            if resume is not None:
+                res, gen_best, member, s0 = resume["res"], resume["gen_best"], resume["member"], resume["segment"]
+                print(f"[evo] resuming generation {g + 1}, sub-batch {b + 1}/{len(batches)}, segment "
+                      f"{s0 if member is not None else 0}/{len(lengths)}", flush=True)
+                s0 = s0 if member is not None else 0
+                resume = None
+            if member is None:
+                member = self.init(jnp.asarray(seeds[pad]), m_eyes)
+            for s in range(s0, len(lengths)):
+                if self.stop_after is not None and self.segments_done >= self.stop_after:
+                    raise _Stop
+                t = time.perf_counter()
+                member, metrics = self.segment[lengths[s]](member)
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t
+                self.segments_done += 1
+                steps = lengths[s] * self.evo.trainer.ppo.batch_size * len(pad)
+                self.steps_run += steps
+                append_jsonl(self.dir / "training.jsonl", {
+                    "generation": g, "sub_batch": b, "segment": s + 1, "individuals": [int(i) for i in members_idx],
+                    **{k: [_num(v) for v in np.asarray(metrics[k])[:size]] for k in metrics}})
+                self._progress(g, b, len(batches), s + 1, len(lengths), size, steps / dt)
+                if (s + 1) % int(self.cfg.evo.checkpoint_every) == 0 and s + 1 < len(lengths):
+                    self._save_generation(g, b, s + 1, member, res, gen_best)
+            m = jax.device_get(member)
+            for j, i in enumerate(members_idx):
+                res["fitness"][i] = float(m.best_fitness[j]) if np.isfinite(m.best_fitness[j]) else np.nan
+                res["eval_success"][i] = float(m.best_success[j])
+                res["eval_return"][i] = float(m.best_mean[j])
+                res["best_step"][i] = int(m.best_step[j])
+                res["env_steps"][i] = int(m.ts.env_steps[j])
+                res["diverged"][i] = bool(m.diverged[j])
+            j = int(np.nanargmax(np.where(np.isfinite(m.best_fitness[:size]), m.best_fitness[:size], -np.inf)))
+            if m.best_fitness[j] > gen_best["fitness"]:
+                gen_best = {"fitness": float(m.best_fitness[j]), "index": int(members_idx[j]),
+                            "params": jax.tree.map(lambda x: np.asarray(x[j]), m.best_params)}
+            if b + 1 < len(batches):
+                self._save_generation(g, b + 1, 0, None, res, gen_best)
+        return res, gen_best
+
+    def _save_generation(self, g, b, s, member, res, gen_best) -> None:
+        state = {"meta": np.array([g, b, s], np.int64), "member": member,
+                 "res": {k: np.asarray(v, np.float64) for k, v in res.items()},
+                 "gen_best": {"fitness": np.array(gen_best["fitness"], np.float64),
+                              "index": np.array(gen_best["index"], np.int64),
+                              "params": gen_best["params"]}}
+        mngr = checkpoint.manager(self.dir / "generation", 2)
+        step = (b + 1) * 100000 + s
+        checkpoint.save(mngr, step, state)
+        mngr.close()
+        atomic_write(self.dir / "generation" / "structure.json", json.dumps(
+            {"generation": g, "batch": b, "segment": s, "has_member": member is not None,
+             "has_best": gen_best["params"] is not None}))
+
+    def _restore_generation(self, g: int) -> dict | None:
+        info = self.dir / "generation" / "structure.json"
+        if not info.exists():
+            return None
+        meta = json.loads(info.read_text())
+        if meta["generation"] != g:
+            return None
+        like_member = None
+        tr = self.evo.trainer
+        if meta["has_member"]:
+            eyes = jax.tree.map(lambda x: jnp.stack([x] * self.sub), self.evo.genome.base)
+            like_member = jax.eval_shape(jax.vmap(tr.init), jnp.zeros(self.sub, jnp.int32), eyes)
+            like_member = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like_member)
+        like_params = None
+        if meta["has_best"]:
+            p = jax.eval_shape(tr.ppo.init, jax.random.PRNGKey(0), self.evo.genome.base).params
+            like_params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), p)
+        like = {"meta": np.zeros(3, np.int64), "member": like_member,
+                "res": {k: np.zeros(self.pop, np.float64) for k in ("fitness", "eval_success", "eval_return",
+                                                                   "best_step", "env_steps", "diverged")},
+                "gen_best": {"fitness": np.array(0.0), "index": np.array(0), "params": like_params}}
+        found = checkpoint.restore_newest(self.dir / "generation", like)
+        if found is None:
+            return None
+        st = found[0]
+        gg, b, s = (int(x) for x in st["meta"])
+        if gg != g:
+            return None
+        res = {k: np.asarray(v) for k, v in st["res"].items()}
+        res["best_step"] = res["best_step"].astype(np.int64)
+        res["env_steps"] = res["env_steps"].astype(np.int64)
+        res["diverged"] = res["diverged"].astype(bool)
+        gb = st["gen_best"]
+        return {"batch": b, "segment": s, "member": st["member"], "res": res,
+                "gen_best": {"fitness": float(gb["fitness"]), "index": int(gb["index"]), "params": gb["params"]}}
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def _progress(self, g, b, nb, s, ns, size, rate) -> None:
+        rows = read_jsonl(self.dir / "generations.jsonl")
+        best = max((r["best_fitness"] for r in rows), default=None)
+        med = rows[-1]["median_fitness"] if rows else None
+        elapsed = time.perf_counter() - self.t0
+        frac = ((g - self._g_start()) + ((b + s / ns) / nb)) / max(self.n_gen - self._g_start(), 1)
+        eta = elapsed / max(frac, 1e-9) - elapsed if frac > 0 else float("nan")
+        f = lambda v: "  n/a" if v is None else f"{v:.3f}"
+        print(f"[evo] gen {g + 1}/{self.n_gen} | sub-batch {b + 1}/{nb} ({size} individuals) | segment {s}/{ns} | "
+              f"{rate:,.0f} env-steps/s | best {f(best)} | last gen median {f(med)} | "
+              f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta, 0))) if math.isfinite(eta) else 'n/a'}",
+              flush=True)
+
+    def _g_start(self) -> int:
+        if not hasattr(self, "_g0"):
+            self._g0 = len(read_jsonl(self.dir / "generations.jsonl"))
+        return self._g0
+
+    def _truncate_records(self, g0: int) -> None:
+        """Drop rows of generations >= g0 (written by a killed run after its last checkpoint)."""
+        for name in ("generations.jsonl", "training.jsonl"):
+            p = self.dir / name
+            rows = read_jsonl(p)
+            keep = [r for r in rows if r["generation"] < g0]
+            if len(keep) != len(rows) or (p.exists() and p.stat().st_size and not p.read_text().endswith("\n")):
+                rewrite_jsonl(p, keep)
+        p = self.dir / "population.csv"
+        if p.exists():
+            rows = read_population(p)
+            keep = [r for r in rows if int(r["generation"]) < g0]
+            if len(keep) != len(rows):
+                _write_csv(p, keep, list(rows[0].keys()) if rows else None)
+
+    def _record(self, g, raw, eyes, ok, bad, seeds, res, fitness, trained, tm, wall) -> None:
+        genome = self.evo.genome
+        vals = np.asarray(genome.values(raw))
+        raw = np.asarray(raw)
+        e = jax.device_get(eyes)
+        order = np.argsort(-fitness, kind="stable")
+        rank = np.empty(self.pop, int)
+        rank[order] = np.arange(1, self.pop + 1)
+        rows = []
+        for i in range(self.pop):
+            row = {"generation": g, "individual": i, "rank": int(rank[i])}
+            row.update({f"raw_{n}": float(raw[i, k]) for k, n in enumerate(genome.names)})
+            row.update({f"gene_{n}": _num(vals[i, k]) for k, n in enumerate(genome.names)})
+            one = jax.tree.map(lambda x: x[i], e)
+            row.update({k: " ".join(f"{v:g}" for v in np.atleast_1d(np.asarray(getattr(one, k)))) for k in EYE_FIELDS})
+            row.update(pixels=int(pixels(one)), feasible=bool(ok[i]), reason=genome.reasons(bad[i]),
+                       trained=bool(trained[i]), fitness=float(fitness[i]),
+                       eval_success=_num(res["eval_success"][i]), eval_return=_num(res["eval_return"][i]),
+                       best_step=int(res["best_step"][i]), env_steps=int(res["env_steps"][i]),
+                       diverged=bool(res["diverged"][i]), seed=int(seeds[i]))
+            rows.append(row)
+        p = self.dir / "population.csv"
+        old = read_population(p) if p.exists() else []
+        _write_csv(p, old + rows, list(rows[0].keys()))
+        f = fitness[trained]
+        best_i = int(order[0])
+        summary = {"generation": g, "best_fitness": float(fitness[best_i]),
+                   "median_fitness": float(np.median(f)) if f.size else None,
+                   "mean_fitness": float(np.mean(f)) if f.size else None,
+                   "best_fitness_so_far": float(tm["best_fitness_so_far"]), "sigma": _num(tm["sigma"]),
+                   "feasible": int(ok.sum()), "trained": int(trained.sum()), "diverged": int(res["diverged"].sum()),
+                   "env_steps": int(res["env_steps"].sum()), "wall_s": wall,
+                   "env_steps_per_s": float(res["env_steps"].sum() / wall) if wall > 0 else None,
+                   "best": {n: _num(vals[best_i, k]) for k, n in enumerate(genome.names)}}
+        append_jsonl(self.dir / "generations.jsonl", summary)
+        print(f"[evo] generation {g + 1}/{self.n_gen} done: best {summary['best_fitness']:.3f}, median "
+              f"{summary['median_fitness'] if summary['median_fitness'] is None else round(summary['median_fitness'], 3)}, "
+              f"{summary['trained']}/{self.pop} trained, best genes {summary['best']}, {wall:.1f} s", flush=True)
+
+    def _keep_best(self, g, eyes, seeds, fitness, trained, res, best_params) -> None:
+        if not trained.any():
+            return
+        i = int(np.argmax(np.where(trained, fitness, -np.inf)))
+        path = self.dir / "best" / "best.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old is not None and old["fitness"] >= fitness[i]:
+            return
+        one = jax.tree.map(lambda x: x[i], eyes)
+        info = {"generation": g, "individual": i, "fitness": float(fitness[i]), "seed": int(seeds[i]),
+                "eval_success": _num(res["eval_success"][i]), "eval_return": _num(res["eval_return"][i]),
+                "best_step": int(res["best_step"][i]), "eyes": as_config(one)}
+        path.parent.mkdir(exist_ok=True)
+        if best_params is not None and best_params["params"] is not None and best_params["index"] == i:
+            mngr = checkpoint.manager(self.dir / "best" / "params", 1)
+            checkpoint.save(mngr, g, {"params": best_params["params"]})
+            mngr.close()
+            self._video(one, best_params["params"], int(seeds[i]), g)
+        atomic_write(self.dir / "best" / "config.yaml", OmegaConf.to_yaml(
+            individual_config(self.cfg, info["eyes"], int(seeds[i]))))
+        atomic_write(path, json.dumps(info, indent=1))
+
+    def _video(self, eyes, params, seed: int, g: int) -> None:
+        from aci_jax.rl.evaluation import write_videos
+
+        b = self.evo.built
+        try:
+            frames = b.record(params, eyes, jax.random.PRNGKey(seed + 1))
+            write_videos(frames, eyes, b.eval_env, self.dir / "best" / "videos", f"gen{g}",
+                         fps=int(self.cfg.rollout.fps))
+        except Exception as e:  # a video is a view, never a reason to lose the run
+            print(f"[evo] no video of the best individual: {type(e).__name__}: {e}")
+
+
+def _num(v) -> Any:
+    v = np.asarray(v).item()
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def read_population(path: Path) -> list[dict]:
+    """population.csv rows as dicts of strings (a torn last line, from a crash, is dropped)."""
+    text = Path(path).read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None) -> None:
+    buf = io.StringIO()
+    if fields:
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write(path, buf.getvalue())

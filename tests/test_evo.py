@@ -1,0 +1,155 @@
+"""Evolution: genes decode into bounds, constraints, strategies in test mode (reaching the synthetic
+optimum), records and resume, and a generation's member equal to its solo `aci_jax.train` run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import aci_jax
+from aci_jax.evo.genome import fold, static_maxima
+from aci_jax.evo.run import evolve, genome_of, individual_config, individual_seed, population_config, read_population
+from aci_jax.rl import checkpoint
+from aci_jax.rl.fitness import TEST_OPTIMUM, fitness
+from aci_jax.evo.population import fitness_of
+from aci_jax.train import train_run
+
+TINY = ["env.render.supersample=1", "env.n_envs=4", "env.max_episode_steps=16", "trainer.n_steps=8",
+        "trainer.n_minibatches=2", "trainer.n_epochs=1", "trainer.total_timesteps=96", "train.eval_every=1",
+        "train.eval_envs=4", "env.render.view_size=32", "evo.population_size=3", "evo.num_generations=1"]
+
+
+def _genome(*overrides):
+    cfg = aci_jax.load_config("detection", list(overrides))
+    return cfg, genome_of(cfg)
+
+
+def test_decode_maps_into_bounds_rounds_and_ties():
+    cfg, g = _genome("evo.evolve=[n_lon,resolution,fov_x,lon_range]")
+    raw = jax.random.normal(jax.random.PRNGKey(0), (200, g.size)) * 3
+    eyes = jax.vmap(g.decode)(raw)
+    assert np.all((eyes.num_eyes[:, 1] >= 1) & (eyes.num_eyes[:, 1] <= 50)) and np.all(eyes.num_eyes[:, 0] == 1)
+    assert np.all(eyes.resolution[:, 0] == eyes.resolution[:, 1])  # square: one gene drives both
+    assert np.all((eyes.fov[:, 0] >= 1) & (eyes.fov[:, 0] <= 100)) and np.all(eyes.fov[:, 1] == 45)
+    assert np.allclose(eyes.lon_range[:, 0], -eyes.lon_range[:, 1]) and np.all(eyes.lon_range[:, 1] <= 90)
+    # the initial genome decodes to the initial condition (ACI's `simple`: 1 eye, 1 pixel, 45°)
+    e0 = g.decode(g.initial())
+    assert e0.num_eyes.tolist() == [1, 1] and e0.resolution.tolist() == [1, 1] and np.allclose(e0.fov, 45, atol=1e-4)
+    assert np.allclose(fold(jnp.array([-0.25, 0.25, 1.25, 2.25])), [0.25, 0.25, 0.75, 0.25])
+
+
+def test_constraints_and_static_maxima():
+    cfg, g = _genome()
+    base = g.base
+    ok = lambda **kw: bool(g.feasible(base.replace(**{k: jnp.asarray(v) for k, v in kw.items()}))[0])
+    assert ok(num_eyes=[1, 3], resolution=[14, 1], lon_range=[-30.0, 30.0])  # ACI's detection result: 42 px
+    assert not ok(num_eyes=[1, 3], resolution=[17, 1], lon_range=[-30.0, 30.0])  # 51 > 50 pixels
+    assert ok(num_eyes=[1, 10], resolution=[4, 1], lon_range=[-60.0, 60.0])  # ACI's navigation result
+    assert not ok(num_eyes=[1, 10], resolution=[4, 1], lon_range=[-1.0, 1.0])  # eyes overlap on the body
+    _, bad = g.feasible(base.replace(num_eyes=jnp.array([1, 3]), resolution=jnp.array([17, 1]),
+                                     lon_range=jnp.array([-1.0, 1.0])))
+    assert g.reasons(np.asarray(bad)) == "pixels;body"
+    m = static_maxima(g)  # flatland genes under a 50-pixel budget: 50 slots, not 50 eyes × 50 × 50
+    assert m["max_pixels"] == 50 and m["max_height"] == 1 and m["max_width"] == 50
+    pop = population_config(cfg, g)
+    assert pop.env.render.max_pixels == 50 and pop.env.render.max_height == 1
+
+
+def test_fitness_on_device_equals_aci_fitness():
+    r = np.random.default_rng(0).normal(size=(8, 3)) * 5
+    r[0, 0], r[1, 2] = 100.0, np.nan
+    assert float(fitness_of(jnp.asarray(r))) == pytest.approx(fitness(r), rel=1e-5)
+    assert float(fitness_of(jnp.full((4, 1), jnp.nan))) == -np.inf
+
+
+@pytest.mark.parametrize("strategy", ["sep_cma_es", "open_es", "simple_ga"])
+def test_strategies_run_in_test_mode(strategy, tmp_path):
+    cfg = aci_jax.load_config("detection", ["trainer.mode=test", f"evo.strategy={strategy}",
+                                            "evo.num_generations=3", "evo.population_size=8", "evo.warm_start=0.34"])
+    out = evolve(cfg, tmp_path)
+    rows = read_population(tmp_path / "population.csv")
+    assert out["generations"] == 3 and len(rows) == 24
+    assert all(r["feasible"] == "True" for r in rows)  # resampled until feasible
+
+
+@pytest.fixture(scope="module")
+def test_mode_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evo_test_mode")
+    cfg = aci_jax.load_config("detection", ["trainer.mode=test", "evo.num_generations=30"])
+    return d, evolve(cfg, d)
+
+
+def test_default_strategy_reaches_the_synthetic_optimum(test_mode_run):
+    d, out = test_mode_run
+    gens = [json.loads(x) for x in (d / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 30 and gens[-1]["best_fitness_so_far"] > -0.1 > gens[0]["best_fitness"]
+    best = out["best"]["eyes"]
+    assert best["num_eyes"] == [1, int(TEST_OPTIMUM["num_eyes"][1])]
+    assert abs(best["resolution"][0] - TEST_OPTIMUM["resolution"][0]) <= 1
+    assert {"fitness.png", "genes.png", "eyes.png"} <= {p.name for p in (d / "plots").iterdir()}
+    rows = read_population(d / "population.csv")
+    assert len(rows) == 30 * 16 and {"raw_n_lon", "gene_width", "feasible", "reason", "fitness", "seed"} <= set(rows[0])
+
+
+def test_test_mode_resume_and_extension_equal_uninterrupted(test_mode_run, tmp_path):
+    d, _ = test_mode_run
+    cfg = aci_jax.load_config("detection", ["trainer.mode=test", "evo.num_generations=12"])
+    evolve(cfg, tmp_path)
+    # a killed run's records beyond its last checkpoint are dropped on resume
+    with open(tmp_path / "generations.jsonl", "a") as f:
+        f.write('{"generation": 12, "best_fitness"')
+    evolve(aci_jax.load_config("detection", ["trainer.mode=test", "evo.num_generations=30"]), tmp_path)
+    assert (tmp_path / "population.csv").read_text() == (d / "population.csv").read_text()
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("wall_s", "env_steps_per_s")}
+                       for x in p.read_text().splitlines()]
+    assert strip(tmp_path / "generations.jsonl") == strip(d / "generations.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evo_tiny")
+    cfg = aci_jax.load_config("detection", TINY)
+    return d, cfg, evolve(cfg, d)
+
+
+def test_member_equals_its_solo_training_run(tiny_run, tmp_path):
+    """Individual 1 of a 3-individual generation: the same fitness and best parameters as
+    `aci_jax.train` of its decoded eyes and seed in the population's config."""
+    d, cfg, _ = tiny_run
+    row = read_population(d / "population.csv")[1]
+    eyes = {k: [float(v) if "." in v or "e" in v else int(v) for v in row[k].split()]
+            for k in ("num_eyes", "resolution", "fov", "lat_range", "lon_range")}
+    pop = population_config(cfg, genome_of(cfg))
+    solo_cfg = individual_config(pop, eyes, int(row["seed"]))
+    assert int(row["seed"]) == individual_seed(0, 0, 1)
+    solo = train_run(solo_cfg, tmp_path)
+    assert float(row["fitness"]) == pytest.approx(solo["fitness"], rel=1e-4, abs=1e-4)
+    assert int(row["best_step"]) == json.loads((tmp_path / "fitness.json").read_text())["env_steps"]
+
+
+def test_tiny_evolution_resumes_mid_generation_with_the_same_records(tiny_run, tmp_path, capsys):
+    d, cfg, out = tiny_run
+    assert out["generations"] == 1 and (d / "best" / "best.json").exists()
+    assert checkpoint.has_steps(d / "best" / "params") and list((d / "best" / "videos").glob("*.mp4"))
+    first = evolve(cfg, tmp_path, stop_after=2)  # killed after 2 of 3 segments (checkpointed each)
+    assert first["generations"] == 0
+    evolve(cfg, tmp_path)
+    assert "resuming generation 1" in capsys.readouterr().out
+    a, b = read_population(d / "population.csv"), read_population(tmp_path / "population.csv")
+    for ra, rb in zip(a, b):
+        assert ra["seed"] == rb["seed"] and ra["gene_width"] == rb["gene_width"]
+        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-5, abs=1e-5)
+
+
+def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
+    from aci_jax.evo import analyze
+
+    d, _ = test_mode_run
+    table = analyze.main([f"run_dir={d}", f"run_dir={d}", f"out={tmp_path}"])
+    assert len(table) == 2 and table[0]["generations"] == 30 and "1x3 eyes of 14x1" in table[0]["best_eyes"]
+    assert (tmp_path / "evolutions.png").stat().st_size > 0 and (tmp_path / "summary.csv").exists()
+    with pytest.raises(SystemExit) as e:
+        analyze.main([f"run_dir={tmp_path}"])
+    assert e.value.code == 2 and "not an evolution run folder" in capsys.readouterr().err
