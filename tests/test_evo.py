@@ -177,3 +177,29 @@ def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         analyze.main([f"run_dir={tmp_path}"])
     assert e.value.code == 2 and "not an evolution run folder" in capsys.readouterr().err
+
+
+def test_aperture_and_lens_genes_drive_the_optics_eye():
+    """exp=detection_optics evolves aperture (log scale) and lens from its pinhole of aperture 0.2;
+    decoded values land in EyeParams.optics, the population keeps the buffer layout (the optics eye
+    convolves eye images) and an individual's config carries its optics."""
+    from aci_jax.config import ConfigError
+    from aci_jax.evo.genome import as_config
+
+    cfg, g = _genome_optics()
+    assert g.names == ["aperture", "lens"]
+    np.testing.assert_allclose(g.values(g.initial()), [0.2, 0.0], rtol=1e-5)
+    e = g.decode(jnp.array([1.0, 0.9]))  # the top of the aperture range, lens on
+    assert float(e.optics.aperture) == pytest.approx(1.0) and float(e.optics.lens) == 1.0
+    assert e.optics.lens.dtype == jnp.float32 and bool(g.feasible(e)[0])
+    pop = population_config(cfg, g)
+    assert pop.env.render.max_pixels is None and pop.env.render.max_resolution == 10
+    one = individual_config(pop, as_config(e), 3).env.agents.agent.eyes.optics
+    assert one.aperture == pytest.approx(1.0) and one.lens is True and one.noise_std == 0.01
+    with pytest.raises(ConfigError, match="evo.genes.aperture.*needs the optics eye"):
+        _genome("evo.evolve=[aperture]")
+
+
+def _genome_optics():
+    cfg = aci_jax.load_config("detection_optics", [])
+    return cfg, genome_of(cfg)

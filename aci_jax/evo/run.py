@@ -60,7 +60,10 @@ def population_config(cfg: DictConfig, genome: Genome) -> DictConfig:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     m = static_maxima(genome)
     r = cfg.env.render
-    for key in ("max_eyes", "max_resolution", "max_width", "max_height", "max_pixels"):
+    # the optics eye convolves eye images: it needs the buffer layout (max_eyes × height × width)
+    keys = ("max_eyes", "max_resolution", "max_width", "max_height") + (() if genome.base.optics is not None
+                                                                        else ("max_pixels",))
+    for key in keys:
         if r.get(key) is None:
             r[key] = m[key]
         if "eval_env" in cfg and "render" in cfg.eval_env and cfg.eval_env.render.get(key) is None:
@@ -79,7 +82,11 @@ def individual_config(pop_cfg: DictConfig, eyes_cfg: dict, seed: int) -> DictCon
     agent = trainable_agents(cfg.env)[0]
     for section in ("env", "eval_env"):
         if section in cfg and "agents" in cfg[section] and agent in cfg[section].agents:
-            cfg[section].agents[agent].eyes = {**OmegaConf.to_container(cfg[section].agents[agent].eyes), **eyes_cfg}
+            old = OmegaConf.to_container(cfg[section].agents[agent].eyes)
+            new = {**old, **eyes_cfg}
+            if "optics" in eyes_cfg and old.get("optics"):
+                new["optics"] = {**old["optics"], **eyes_cfg["optics"]}
+            cfg[section].agents[agent].eyes = new
     cfg.seed = int(seed)
     return cfg
 
