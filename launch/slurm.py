@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return dry_run(plan, profile)
         # the jobs import aci_jax (submitit unpickles them): this checkout's
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
         record_sweep(plan, overrides)
         if args.local or profile.executor == "local":
             return run_local(plan, profile)

@@ -129,6 +129,7 @@ def _wait(job_id: str, timeout: float = 300, until=None) -> list[dict]:
         if until is not None and until():
             return jobs
         if jobs and all(j.get("JobState") in TERMINAL for j in jobs):
+            assert until is None, f"job {job_id} ended before the awaited point: {jobs}"
             return jobs
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} not done in {timeout} s: {_scontrol_jobs(job_id)}")
@@ -140,8 +141,10 @@ def slurm(tmp_path_factory):
         pytest.skip("sbatch is not on PATH: no Slurm here (install: bash scripts/slurm-local.sh install)")
     running = subprocess.run(["bash", "scripts/slurm-local.sh", "status"], cwd=REPO, capture_output=True).returncode == 0
     out = subprocess.run(["bash", "scripts/slurm-local.sh", "start"], cwd=REPO, capture_output=True, text=True, check=True)
+    before = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = out.stdout.strip().split("=", 1)[1]
     yield
+    os.environ.pop("SLURM_CONF") if before is None else os.environ.update(SLURM_CONF=before)
     if not running:
         subprocess.run(["bash", "scripts/slurm-local.sh", "stop"], cwd=REPO, check=True)
 
@@ -251,10 +254,12 @@ def test_sweep_is_one_array_with_a_parallelism_limit_and_a_summary_job(submitted
     assert summary_csv.count(",done,") == 4 and (sweep / "summary.png").is_file()
 
 
-def test_tiny_training_job(submitted):
+def test_tiny_training_job(submitted, capsys):
     (jid,), run, _ = submitted["train"]
     (job,) = _wait(jid, timeout=600)
     log = next((run / "slurm").glob(f"{jid}_0_log.out")).read_text()
     assert job["JobState"] == "COMPLETED", log[-3000:]
     assert json.loads((run / "fitness.json").read_text())["env_steps"] == 32
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and "[train] 1 iterations" in log
+    code, out, _ = launch(capsys, "--cluster", "euler", "--dry-run", "eval", f"run_dir={run}", "eval.params=last")
+    assert code == 0 and f"python -m aci_jax.eval eval.params=last run_dir={run}" in out
