@@ -55,7 +55,7 @@ def parse(overrides: Sequence[str]) -> list:
 
 def swept_keys(overrides: Sequence[str]) -> list[str]:
     """The keys that a sweep varies (`seed=0,1`, `x=range(3)`, `x=choice(a,b)`)."""
-    return [o.get_key_element() for o in parse(overrides) if o.is_sweep_override()]
+    return [o.get_key_element().lstrip("+~") for o in parse(overrides) if o.is_sweep_override()]
 
 
 def grid(overrides: Sequence[str]) -> list[list[str]]:

@@ -110,6 +110,22 @@ def test_dry_run_prints_the_batch_script_and_submits_nothing(capsys, tmp_path):
     assert not run.exists() and not (tmp_path / "s").exists()
 
 
+def test_sweep_member_names_and_their_run_dir_overrides(tmp_path):
+    from aci_jax.cluster import _run_dir_override
+    from aci_jax.sweep import grid, member_name, parse, swept_keys
+
+    ov = ["exp=detection", "seed=0,1", "train.model_path=a/b,c/d", "+x=range(2)"]
+    assert swept_keys(ov) == ["seed", "train.model_path", "x"]
+    members = grid(ov)
+    assert len(members) == 8 and members[0] == ["exp=detection", "seed=0", "train.model_path=a/b", "+x=0"]
+    assert member_name(members[0], swept_keys(ov)) == "+x=0,seed=0,train.model_path=a_b"
+    assert member_name(["exp=detection"], [], 3) == "job3"
+    path = tmp_path / "seed=0,lr=[1,2]" / "it's"
+    assert parse([_run_dir_override(path)])[0].value() == str(path)
+    with pytest.raises(ConfigError, match="share run folders"):
+        make_plan("train", ["exp=detection", "trainer.mode=test", "seed=0,0"])
+
+
 # -- Slurm: real sbatch ----------------------------------------------------------------------------------
 
 def _scontrol_jobs(job_id: str) -> list[dict]:
