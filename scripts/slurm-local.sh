@@ -103,11 +103,12 @@ start() {
 }
 
 stop() {
+  local pid
   for p in slurmd slurmctld munge/munged; do
-    if pid_alive "$D/$p.pid"; then
-      kill "$(cat "$D/$p.pid")"
-      for _ in $(seq 40); do pid_alive "$D/$p.pid" || break; sleep 0.25; done
-    fi
+    pid=$(cat "$D/$p.pid" 2>/dev/null || true)
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   done
   rm -rf "$D"
 }
