@@ -89,6 +89,7 @@ NETWORK = (  # encoder choices: aci_jax.rl.networks.ENCODERS (a test checks they
 TRAIN = (
     ("checkpoint_every", count()), ("max_to_keep", count()), ("eval_every", count(0)),
     ("eval_envs", nullable(count(), "env.n_envs")), ("early_stop", nullable(count(), "no early stop")),
+    ("seeds", count()),
 )
 ROLLOUT = (
     ("n_envs", count()), ("n_steps", count()), ("policy", choice(*POLICIES)), ("video_env", count(0)),
@@ -125,6 +126,7 @@ EVO = (  # strategies: aci_jax.evo.strategy.STRATEGIES (checked when the strateg
     ("population_size", count()), ("num_generations", count()), ("sigma", POSITIVE), ("warm_start", UNIT),
     ("infeasible", choice("resample", "penalty")), ("max_resamples", count(0)), ("penalty_fitness", number()),
     ("sub_batch", nullable(count(), "the whole population")), ("checkpoint_every", count()),
+    ("devices", Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), " must be 'all' or a positive int")),
 )
 
 

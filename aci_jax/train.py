@@ -11,12 +11,11 @@ training and writes a synthetic fitness of the eyes (for testing evolution).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import jax
@@ -25,50 +24,19 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents
-from aci_jax.envs.env import Env, make_env
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
-from aci_jax.rl.evaluation import make_evaluate, make_recorder, summarize, write_videos
+from aci_jax.rl.built import Built, build
+from aci_jax.rl.evaluation import summarize, write_videos
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
 from aci_jax.runs import RunError, RunFolder, append_jsonl, atomic_write, command_errors, command_run_dir, read_jsonl, rewrite_jsonl
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-_BUILT: dict[str, "Built"] = {}  # config yaml -> Built: equal configs share compilations
 
 
 class TrainingDiverged(RunError):
     """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Built:
-    """The compiled pieces of a config: PPO on the training env, evaluation on the eval env."""
-
-    ppo: PPO
-    eval_env: Env
-    evaluate: Callable  # jitted (params, eyes, key) -> per-episode {return, success, failure}
-    record: Callable  # jitted (params, eyes, key) -> frames of one env's evaluation episodes
-
-    @property
-    def eval_mazes(self) -> list[str]:
-        return [m.maze.name for m in self.eval_env.world.mazes]
-
-
-def build(cfg: DictConfig) -> Built:
-    """PPO, evaluation and recording functions of a config (cached by the config)."""
-    key = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in ("env", "eval_env", "trainer", "train")
-                                                        if k in cfg]))
-    if key not in _BUILT:
-        try:
-            ppo = PPO(make_env(cfg), cfg.trainer)
-        except ValueError as e:  # bad trainer values
-            raise ConfigError(f"trainer: {e}") from None
-        eval_env = make_env(cfg, eval=True)
-        n_eval = int(cfg.train.get("eval_envs") or cfg.env.n_envs)
-        _BUILT[key] = Built(ppo, eval_env, jax.jit(make_evaluate(ppo, eval_env, n_eval)),
-                            jax.jit(make_recorder(ppo, eval_env, int(cfg.env.render.view_size))))
-    return _BUILT[key]
 
 
 @jax.jit
@@ -300,7 +268,12 @@ def plot_learning_curve(run_dir: Path) -> Path:
 def main(cfg: DictConfig) -> None:
     with command_errors("train"):
         run_dir = command_run_dir(cfg)
-        train_run(cfg, run_dir)
+        if int(cfg.train.get("seeds", 1)) > 1:
+            from aci_jax.seeds import train_seeds
+
+            train_seeds(cfg, run_dir)
+        else:
+            train_run(cfg, run_dir)
 
 
 if __name__ == "__main__":

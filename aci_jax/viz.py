@@ -50,10 +50,12 @@ def third_person(env, data, wall_material, size: int, distance: float = 3.0, hei
     heading = jnp.array([jnp.cos(pos[2]), jnp.sin(pos[2]), 0.0])
     target = jnp.array([pos[0], pos[1], env.agent.radius]) + 2.0 * heading
     eye = jnp.array([pos[0], pos[1], height]) - distance * heading
-    dirs = lookat_rays(eye, target, 60.0, size).reshape(-1, 3)
-    rgb, _, _ = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat,
-                          jnp.broadcast_to(eye, dirs.shape), dirs,
-                          wall_material=env._wall_material(wall_material))
+    dirs, step_x, step_y, axis = lookat_rays(eye, target, 60.0, size, differentials=True)
+    dirs = dirs.reshape(-1, 3)
+    per_ray = lambda x: jnp.broadcast_to(x, dirs.shape)
+    rgb, _, _ = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat, per_ray(eye), dirs,
+                          wall_material=env._wall_material(wall_material), ray_dx=per_ray(step_x),
+                          ray_dy=per_ray(step_y), view_axis=per_ray(axis))
     return rgb.reshape(size, size, 3)
 
 

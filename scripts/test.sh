@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Set up (if needed), then run the test suite on the CPU.
+# Set up (if needed), then run the test suite on the CPU: test files spread over
+# ACI_JAX_TEST_WORKERS processes (default 2, one per core of the reference machine; each file stays
+# on one worker so its module fixtures are built once; 0: no workers, one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export JAX_PLATFORMS=cpu
-exec .venv/bin/python -m pytest tests "$@"
+workers=${ACI_JAX_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  exec .venv/bin/python -m pytest tests "$@"
+fi
+exec .venv/bin/python -m pytest tests -n "$workers" --dist loadfile "$@"

@@ -188,6 +188,34 @@ def test_stripe_orientation_visible_to_10x10_eye(obj):
         assert across_rows > 2 * across_cols
 
 
+def test_one_pixel_eye_sees_goal_and_adversary_alike():
+    """A 1×1 eye (45°×45°, one ray) facing the goal or the adversary 2.5 m away sees one colour for
+    both: render_eyes filters the stripes over each ray's footprint (from the eye's fov and
+    resolution), so no orientation or colour cue survives in one pixel. Nearest-texel sampling
+    differed by 1.0 per channel here."""
+    cfg = aci_jax.load_config("detection", ["env.agents.agent.eyes.resolution=[1,1]",
+                                            "env.agents.agent.eyes.fov=[45,45]", "env.render.supersample=1"])
+    env = aci_jax.make_env(cfg)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    kin = jax.jit(lambda d: __import__("mujoco").mjx.kinematics(env.mx, d))
+    render = jax.jit(env.render_eyes)
+    far = jnp.array([50.0, 50.0, -10.0])
+    for th in (0.3, 1.1):
+        seen = []
+        for obj, other in (("goal", "adversary"), ("adversary", "goal")):
+            data = s.pipeline_state
+            qpos = data.qpos.at[:3].set(jnp.array([0.0, 0.0, th]))
+            pos = jnp.array([2.5 * np.cos(th), 2.5 * np.sin(th), 0.5])
+            mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(pos)
+            mocap = mocap.at[env.world.objects[other].mocap].set(far)
+            data = kin(data.replace(qpos=qpos, mocap_pos=mocap))
+            img, _, geom = render(data, s.info["eyes"], s.info["episode"].wall_material)
+            assert int(geom[0, 0, 0, 0]) == env.world.objects[obj].geom
+            seen.append(np.asarray(img[0, 0, 0]))
+        np.testing.assert_allclose(seen[0], seen[1], atol=0.03)
+        assert abs(seen[0][0] - seen[0][2]) < 0.05
+
+
 def test_eval_variant_respawns_reached_objects_instead_of_ending():
     cfg = aci_jax.load_config("detection", ["env.render.supersample=1"])
     env = aci_jax.make_env(cfg, eval=True)

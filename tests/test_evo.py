@@ -2,6 +2,10 @@
 optimum), records and resume, and a generation's member equal to its solo `aci_jax.train` run."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -143,6 +147,26 @@ def test_tiny_evolution_resumes_mid_generation_with_the_same_records(tiny_run, t
         assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-5, abs=1e-5)
 
 
+def test_population_split_over_two_devices_gives_the_same_records(tiny_run, tmp_path):
+    """`evo.devices=2` on two host CPU devices (a subprocess: JAX fixes the device count at start):
+    each device trains its share of the (padded) sub-batch; the records equal one device's."""
+    d, _, _ = tiny_run
+    repo = Path(aci_jax.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-m", "aci_jax.evo", "exp=detection", *TINY, "evo.devices=2",
+                          f"run_dir={tmp_path}"], env=env, cwd=repo, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sub-batches of 4 individuals on 2 cpu device(s)" in out.stdout
+    a, b = read_population(d / "population.csv"), read_population(tmp_path / "population.csv")
+    assert [r["seed"] for r in a] == [r["seed"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-4, abs=1e-4)
+    bad = subprocess.run([sys.executable, "-m", "aci_jax.evo", "exp=detection", *TINY, "evo.devices=3",
+                          f"run_dir={tmp_path / 'x'}"], env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "evo.devices=3: only 2 local device(s)" in bad.stderr
+
+
 def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
     from aci_jax.evo import analyze
 
@@ -153,3 +177,29 @@ def test_analyze_compares_runs(test_mode_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         analyze.main([f"run_dir={tmp_path}"])
     assert e.value.code == 2 and "not an evolution run folder" in capsys.readouterr().err
+
+
+def test_aperture_and_lens_genes_drive_the_optics_eye():
+    """exp=detection_optics evolves aperture (log scale) and lens from its pinhole of aperture 0.2;
+    decoded values land in EyeParams.optics, the population keeps the buffer layout (the optics eye
+    convolves eye images) and an individual's config carries its optics."""
+    from aci_jax.config import ConfigError
+    from aci_jax.evo.genome import as_config
+
+    cfg, g = _genome_optics()
+    assert g.names == ["aperture", "lens"]
+    np.testing.assert_allclose(g.values(g.initial()), [0.2, 0.0], rtol=1e-5)
+    e = g.decode(jnp.array([1.0, 0.9]))  # the top of the aperture range, lens on
+    assert float(e.optics.aperture) == pytest.approx(1.0) and float(e.optics.lens) == 1.0
+    assert e.optics.lens.dtype == jnp.float32 and bool(g.feasible(e)[0])
+    pop = population_config(cfg, g)
+    assert pop.env.render.max_pixels is None and pop.env.render.max_resolution == 10
+    one = individual_config(pop, as_config(e), 3).env.agents.agent.eyes.optics
+    assert one.aperture == pytest.approx(1.0) and one.lens is True and one.noise_std == 0.01
+    with pytest.raises(ConfigError, match="evo.genes.aperture.*needs the optics eye"):
+        _genome("evo.evolve=[aperture]")
+
+
+def _genome_optics():
+    cfg = aci_jax.load_config("detection_optics", [])
+    return cfg, genome_of(cfg)

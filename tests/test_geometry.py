@@ -58,3 +58,20 @@ def test_pixel_mask():
     assert m.shape == (4, 5, 5)
     assert m[0].sum() == 6 and m[1].sum() == 6 and m[2:].sum() == 0
     assert m[0, :2, :3].all()
+
+
+def test_ray_differentials_step_to_the_next_sub_ray():
+    """The footprint steps: a ray d's direction changes by (d·axis)·step to the next sub-ray along
+    columns / rows (up to a part along d), from fov, resolution and supersample: central
+    differences agree."""
+    frame = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0])
+    axis = np.asarray(frame[:, 0])
+    change = lambda step, d: (d @ axis)[..., None] * (step - d * (d @ step)[..., None])
+    d, sx, sy = camera_rays(frame, jnp.array([40.0, 20.0]), jnp.array([8, 4]), 8, 1, differentials=True)
+    d, sx, sy = np.asarray(d)[..., 0, :], np.asarray(sx), np.asarray(sy)
+    np.testing.assert_allclose((d[:4, 2:] - d[:4, :-2]) / 2, change(sx, d)[:4, 1:-1], atol=1e-3)
+    np.testing.assert_allclose((d[2:4] - d[:2]) / 2, change(sy, d)[1:3], atol=1e-3)
+    d, sx, sy = camera_rays(frame, jnp.array([6.0, 3.0]), jnp.array([1, 1]), 1, 3, differentials=True)
+    d, sx, sy = np.asarray(d)[0, 0].reshape(3, 3, 3), np.asarray(sx), np.asarray(sy)
+    np.testing.assert_allclose((d[1, 2] - d[1, 0]) / 2, change(sx, d)[1, 1], rtol=1e-3, atol=1e-6)  # sub-rays
+    np.testing.assert_allclose((d[2, 1] - d[0, 1]) / 2, change(sy, d)[1, 1], rtol=1e-3, atol=1e-6)

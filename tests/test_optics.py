@@ -192,13 +192,16 @@ def test_depth_weights_interpolate_in_inverse_depth():
 # -- in the env -----------------------------------------------------------------------------------------
 
 def _old_render(env, data, eyes, wall_material):
-    """render_eyes as it was before the optics eye."""
+    """render_eyes as it was before the optics eye (with texture filtering by footprint)."""
     b = env.buffer
     pos = data.qpos[env.agent.qpos_adr]
-    origins, dirs = eye_rays(eyes, b, jnp.array([pos[0], pos[1], env.agent.radius]), pos[2], env.agent.radius)
-    o = jnp.broadcast_to(origins[:, None, None, None], dirs.shape).reshape(-1, 3)
-    rgb, depth, geom = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
-                                 exclude_geom=env.agent.geom, wall_material=env._wall_material(wall_material))
+    origins, dirs, dx, dy, axes = eye_rays(eyes, b, jnp.array([pos[0], pos[1], env.agent.radius]), pos[2],
+                                           env.agent.radius, differentials=True)
+    per_ray = lambda x: jnp.broadcast_to(x[:, None, None, None], dirs.shape).reshape(-1, 3)
+    rgb, depth, geom = cast_rays(env.scene, env.geom_xpos(data), data.geom_xmat, per_ray(origins),
+                                 dirs.reshape(-1, 3), exclude_geom=env.agent.geom,
+                                 wall_material=env._wall_material(wall_material),
+                                 ray_dx=per_ray(dx), ray_dy=per_ray(dy), view_axis=per_ray(axes))
     shape = dirs.shape[:-1]
     return rgb.reshape(*shape, 3).mean(-2) * pixel_mask(eyes, b)[..., None]
 

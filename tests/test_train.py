@@ -1,6 +1,7 @@
 """Training runs: resume equals an uninterrupted run, clear errors, NaN stop, fitness as ACI,
 periodic evaluation with best parameters and early stop, the eval command, test mode."""
 
+import csv
 import json
 import os
 import signal
@@ -178,3 +179,26 @@ def test_summarize_reports_each_maze_when_there_are_several():
     assert s["mean_return/SMALL"] == 2.0 and s["mean_return/LARGE"] == 15.0
     assert s["success_rate/SMALL"] == 0.5 and s["success_rate/LARGE"] == 1.0
     assert not any("/" in k for k in summarize(results, ["ONLY"]))
+
+
+def test_seeds_train_as_one_program_each_equal_to_its_solo_run(full_run, tmp_path, capsys):
+    """train.seeds=2: seeds 0 and 1 as rows of one vmapped program; seed 0 gets the fitness of its
+    solo run (full_run); killed after one segment, the same command resumes to the same records."""
+    from aci_jax.seeds import train_seeds
+
+    cfg = _cfg("train.seeds=2")
+    first = train_seeds(cfg, tmp_path, stop_after=1)
+    assert first["summary"] is None and first["segments"] == 1
+    out = train_seeds(cfg, tmp_path)
+    assert "resuming after segment 1/3" in capsys.readouterr().out and out["segments"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "seeds.jsonl").read_text().splitlines()]
+    assert [r["segment"] for r in rows] == [1, 2, 3] and [r["env_steps"] for r in rows] == [32, 64, 96]
+    assert all(len(r["eval_success"]) == 2 for r in rows)
+    table = list(csv.DictReader(open(tmp_path / "seeds.csv")))
+    assert [int(r["seed"]) for r in table] == [0, 1]
+    assert float(table[0]["fitness"]) == pytest.approx(full_run[1]["fitness"], rel=1e-4, abs=1e-4)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    fits = [float(r["fitness"]) for r in table]
+    assert summary["fitness"]["n"] == 2 and summary["fitness"]["median"] == pytest.approx(np.median(fits))
+    assert summary["fitness"]["min"] == pytest.approx(min(fits)) and summary["eval_success"]["n"] == 2
+    assert (tmp_path / "plots" / "seeds.png").stat().st_size > 0 and list((tmp_path / "videos").glob("*.mp4"))

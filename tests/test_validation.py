@@ -114,6 +114,8 @@ BAD = [  # (overrides, the key the error must name)
     (["evo.penalty_fitness=abc"], "evo.penalty_fitness='abc'"),
     (["evo.sub_batch=0"], "evo.sub_batch=0"),
     (["evo.checkpoint_every=0"], "evo.checkpoint_every=0"),
+    (["evo.devices=0"], "evo.devices=0"),
+    (["evo.devices=gpu"], "evo.devices=gpu"),
     (["evo.strategy=nevergrad"], "evo.strategy='nevergrad'"),
     (["evo.strategy=open_es", "evo.population_size=3"], "evo.population_size=3"),
     (["+evo.strategy_params.bogus=1"], "evo.strategy_params: unknown field(s) ['bogus']"),

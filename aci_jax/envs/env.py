@@ -401,6 +401,11 @@ class Env:
         for display and diagnostics. Packed layout: `render_packed`'s P pixels unpacked (0, inf
         and -1 outside the individual's pixels); buffer layout: every buffer pixel is cast.
 
+        Each pixel averages its s² sub-rays; each sub-ray's texture colour is box-filtered over its
+        footprint (ray differentials from the eyes' fov and resolution, which are data), so a pixel
+        is the average of the scene over its patch of view and fine stripes blend as they would on
+        a real sensor.
+
         Optics eye (buffer layout only): `optics` are `prepare_optics(eyes)` (computed here when None)
         and `key` draws the sensor noise (None: no noise). Depth and geom ids are those of the field
         of view."""
@@ -412,11 +417,13 @@ class Env:
         m = 0 if self.optics is None else self.optics.margin
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
-        origins, dirs = eye_rays(eyes, b, origin, pos[2], self.agent.radius, margin=m)
-        o = jnp.broadcast_to(origins[:, None, None, None], dirs.shape).reshape(-1, 3)
-        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
-                                     exclude_geom=self.agent.geom,
-                                     wall_material=self._wall_material(wall_material))
+        origins, dirs, step_x, step_y, axes = eye_rays(eyes, b, origin, pos[2], self.agent.radius, margin=m,
+                                                       differentials=True)
+        per_ray = lambda x: jnp.broadcast_to(x[:, None, None, None], dirs.shape).reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
+                                     dirs.reshape(-1, 3), exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material),
+                                     ray_dx=per_ray(step_x), ray_dy=per_ray(step_y), view_axis=per_ray(axes))
         shape = dirs.shape[:-1]
         mask = pixel_mask(eyes, b)
         if self.optics is None:
@@ -450,11 +457,13 @@ class Env:
         b = self.buffer
         pos = data.qpos[self.agent.qpos_adr]
         origin = jnp.array([pos[0], pos[1], self.agent.radius])
-        origins, dirs = packed_rays(eyes, b, origin, pos[2], self.agent.radius)
-        o = jnp.broadcast_to(origins[:, None], dirs.shape).reshape(-1, 3)
-        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, o, dirs.reshape(-1, 3),
-                                     exclude_geom=self.agent.geom,
-                                     wall_material=self._wall_material(wall_material))
+        origins, dirs, step_x, step_y, axes = packed_rays(eyes, b, origin, pos[2], self.agent.radius,
+                                                          differentials=True)
+        per_ray = lambda x: jnp.broadcast_to(x[:, None], dirs.shape).reshape(-1, 3)
+        rgb, depth, geom = cast_rays(self.scene, self.geom_xpos(data), data.geom_xmat, per_ray(origins),
+                                     dirs.reshape(-1, 3), exclude_geom=self.agent.geom,
+                                     wall_material=self._wall_material(wall_material),
+                                     ray_dx=per_ray(step_x), ray_dy=per_ray(step_y), view_axis=per_ray(axes))
         shape = dirs.shape[:-1]
         valid = packed_slots(eyes, b)[3]
         img = rgb.reshape(*shape, 3).mean(-2) * valid[:, None]

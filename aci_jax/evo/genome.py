@@ -32,6 +32,8 @@ FIELDS = {
     "fov.0": ("fov", 0, "real"), "fov.1": ("fov", 1, "real"),
     "lat_range": ("lat_range", None, "range"), "lon_range": ("lon_range", None, "range"),
     "frame_stack": ("frame_stack", None, "int"), "policy_width": ("policy_width", None, "int"),
+    # the optics eye's (EyeParams.optics): open radius fraction, and lens (1) or pinhole (0)
+    "optics.aperture": ("optics.aperture", None, "real"), "optics.lens": ("optics.lens", None, "int"),
 }
 TYPES = ("int", "real")
 SCALES = ("linear", "log")
@@ -114,9 +116,20 @@ class Genome:
         return ";".join(name for (name, _, _), b in zip(self.constraints, np.asarray(bad)) if b)
 
 
+def _get(eyes: EyeParams, attr: str):
+    for part in attr.split("."):
+        eyes = getattr(eyes, part)
+    return eyes
+
+
+def _set(eyes: EyeParams, attr: str, value) -> EyeParams:
+    head, _, rest = attr.partition(".")
+    return eyes.replace(**{head: _set(getattr(eyes, head), rest, value) if rest else value})
+
+
 def _read(eyes: EyeParams, field: str) -> float:
     attr, idx, kind = FIELDS[field]
-    v = np.asarray(getattr(eyes, attr))
+    v = np.asarray(_get(eyes, attr))
     if kind == "range":
         return float((v[1] - v[0]) / 2)
     return float(v if idx is None else v[idx])
@@ -124,15 +137,15 @@ def _read(eyes: EyeParams, field: str) -> float:
 
 def _write(eyes: EyeParams, field: str, value: jax.Array) -> EyeParams:
     attr, idx, kind = FIELDS[field]
-    old = getattr(eyes, attr)
+    old = _get(eyes, attr)
     if kind == "range":  # symmetric half-width about the range's centre
         centre = (old[0] + old[1]) / 2
         new = jnp.stack([centre - value, centre + value]).astype(old.dtype)
-    elif idx is None:
-        new = jnp.asarray(value, jnp.int32 if kind == "int" else jnp.float32)
+    elif idx is None:  # the field's own dtype (the optics eye's lens is a float 0/1)
+        new = jnp.asarray(value, old.dtype if old is not None else jnp.int32 if kind == "int" else jnp.float32)
     else:
         new = old.at[idx].set(value.astype(old.dtype))
-    return eyes.replace(**{attr: new})
+    return _set(eyes, attr, new)
 
 
 # -- constraints ------------------------------------------------------------------------------------
@@ -197,6 +210,9 @@ def genome_from_config(evo, eyes_cfg, frame_stack: int = 1) -> Genome:
     for g in genes:
         for f in g.fields:
             attr = FIELDS[f][0]
+            if attr.startswith("optics.") and eyes.optics is None:
+                raise ValueError(f"evo.genes.{g.name}: field {f!r} needs the optics eye, which is off in this "
+                                 "exp; enable it (eyes.optics.enabled=true) or use exp=detection_optics")
             if attr in ("frame_stack", "policy_width"):
                 if attr not in {fl.name for fl in dataclasses.fields(EyeParams)}:
                     raise ValueError(f"evo.genes.{g.name}.fields: {f!r} is not available in this build")
@@ -287,4 +303,6 @@ def as_config(eyes: EyeParams) -> dict[str, Any]:
     for attr in ("frame_stack", "policy_width"):
         if getattr(e, attr, None) is not None:
             out[attr] = int(getattr(e, attr))
+    if getattr(e, "optics", None) is not None:
+        out["optics"] = {"aperture": float(e.optics.aperture), "lens": bool(float(e.optics.lens) >= 0.5)}
     return out

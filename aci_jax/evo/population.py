@@ -18,11 +18,13 @@ the median of the top quarter), computed on device by `fitness_of`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl.evaluation import make_evaluate
@@ -123,3 +125,42 @@ class PopulationTrainer:
             m, mt = self.segment(m, length)
             metrics.append(mt)
         return m, m.best_fitness, metrics
+
+
+class OverDevices:
+    """Population programs split over devices: `program(fn)` is `jit(vmap(fn))` with the leading
+    (population) axis of every argument and result sharded over `devices` through `shard_map` (each
+    device runs vmap over its share; individuals never communicate, so no collective is compiled in,
+    not even inside the renderer's while loops as plain `jit` sharding would). One device: plain
+    `jit(vmap(fn))`. `put` places a population's arrays (e.g. restored from a checkpoint) for it."""
+
+    def __init__(self, devices: Sequence[jax.Device]):
+        self.devices = list(devices)
+        self.n = len(self.devices)
+        self.mesh = Mesh(np.array(self.devices), ("pop",)) if self.n > 1 else None
+
+    def program(self, fn: Callable) -> Callable:
+        if self.mesh is None:
+            return jax.jit(jax.vmap(fn))
+        pop = PartitionSpec("pop")
+        return jax.jit(jax.shard_map(jax.vmap(fn), mesh=self.mesh, in_specs=pop, out_specs=pop, check_vma=False))
+
+    def put(self, tree):
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("pop")))
+
+    def padded(self, size: int) -> int:
+        """The smallest multiple of the device count >= size."""
+        return -(-size // self.n) * self.n
+
+
+def local_devices(spec) -> list[jax.Device]:
+    """`evo.devices`: 'all' local devices of the default backend, or the first N of them."""
+    devs = jax.local_devices()
+    if spec == "all":
+        return devs
+    if int(spec) > len(devs):
+        raise ValueError(f"evo.devices={spec}: only {len(devs)} local device(s) ({devs[0].platform}); "
+                         "use 'all' or a number up to that")
+    return devs[:int(spec)]

@@ -34,9 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from aci_jax.config import ConfigError, trainable_agents
 from aci_jax.evo.genome import Genome, as_config, genome_from_config, pixels, static_maxima
-from aci_jax.evo.population import PopulationTrainer
+from aci_jax.evo.population import OverDevices, PopulationTrainer, local_devices
 from aci_jax.evo.strategy import EvoState, Strategy
 from aci_jax.rl import checkpoint
+from aci_jax.rl.built import build
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.runs import RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
 
@@ -59,7 +60,10 @@ def population_config(cfg: DictConfig, genome: Genome) -> DictConfig:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     m = static_maxima(genome)
     r = cfg.env.render
-    for key in ("max_eyes", "max_resolution", "max_width", "max_height", "max_pixels"):
+    # the optics eye convolves eye images: it needs the buffer layout (max_eyes × height × width)
+    keys = ("max_eyes", "max_resolution", "max_width", "max_height") + (() if genome.base.optics is not None
+                                                                        else ("max_pixels",))
+    for key in keys:
         if r.get(key) is None:
             r[key] = m[key]
         if "eval_env" in cfg and "render" in cfg.eval_env and cfg.eval_env.render.get(key) is None:
@@ -78,7 +82,11 @@ def individual_config(pop_cfg: DictConfig, eyes_cfg: dict, seed: int) -> DictCon
     agent = trainable_agents(cfg.env)[0]
     for section in ("env", "eval_env"):
         if section in cfg and "agents" in cfg[section] and agent in cfg[section].agents:
-            cfg[section].agents[agent].eyes = {**OmegaConf.to_container(cfg[section].agents[agent].eyes), **eyes_cfg}
+            old = OmegaConf.to_container(cfg[section].agents[agent].eyes)
+            new = {**old, **eyes_cfg}
+            if "optics" in eyes_cfg and old.get("optics"):
+                new["optics"] = {**old["optics"], **eyes_cfg["optics"]}
+            cfg[section].agents[agent].eyes = new
     cfg.seed = int(seed)
     return cfg
 
@@ -112,8 +120,6 @@ def build_evolution(cfg: DictConfig) -> Evolution:
     pop_cfg = population_config(cfg, genome)
     if pop_cfg.trainer.get("mode", "ppo") == "test":
         return Evolution(pop_cfg, genome, strategy, None, None)
-    from aci_jax.train import build
-
     b = build(pop_cfg)
     t = pop_cfg.train
     trainer = PopulationTrainer(b.ppo, b.eval_env, int(t.get("eval_envs") or pop_cfg.env.n_envs),
@@ -140,17 +146,24 @@ class _Loop:
         self.segments_done = 0
         self.pop = int(self.cfg.evo.population_size)
         self.n_gen = int(self.cfg.evo.num_generations)
-        self.sub = int(self.cfg.evo.get("sub_batch") or self.pop)
+        try:
+            self.devices = OverDevices(local_devices(self.cfg.evo.get("devices", "all")))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.sub = self.devices.padded(int(self.cfg.evo.get("sub_batch") or self.pop))
         self.key = jax.random.PRNGKey(int(self.cfg.seed))
         s = evo.strategy
         self.ask = jax.jit(s.ask)
         self.tell = jax.jit(s.tell)
         if evo.trainer is not None:
             tr = evo.trainer
-            self.init = jax.jit(jax.vmap(tr.init))
-            self.segment = {n: jax.jit(jax.vmap(lambda m, n=n: tr.segment(m, n))) for n in set(tr.lengths)}
+            self.init = self.devices.program(tr.init)
+            self.segment = {n: self.devices.program(lambda m, n=n: tr.segment(m, n)) for n in set(tr.lengths)}
         self.t0 = time.perf_counter()
         self.steps_run = 0
+        if not evo.test_mode:
+            d = self.devices.devices
+            print(f"[evo] sub-batches of {self.sub} individuals on {len(d)} {d[0].platform} device(s)", flush=True)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -235,7 +248,9 @@ class _Loop:
                 s0 = s0 if member is not None else 0
                 resume = None
             if member is None:
-                member = self.init(jnp.asarray(seeds[pad]), m_eyes)
+                member = self.init(*self.devices.put((jnp.asarray(seeds[pad]), m_eyes)))
+            else:
+                member = self.devices.put(member)
             for s in range(s0, len(lengths)):
                 if self.stop_after is not None and self.segments_done >= self.stop_after:
                     raise _Stop
@@ -280,7 +295,7 @@ class _Loop:
         mngr.close()
         atomic_write(self.dir / "generation" / "structure.json", json.dumps(
             {"generation": g, "batch": b, "segment": s, "has_member": member is not None,
-             "has_best": gen_best["params"] is not None}))
+             "has_best": gen_best["params"] is not None, "sub_batch": self.sub}))
 
     def _restore_generation(self, g: int) -> dict | None:
         info = self.dir / "generation" / "structure.json"
@@ -288,6 +303,10 @@ class _Loop:
             return None
         meta = json.loads(info.read_text())
         if meta["generation"] != g:
+            return None
+        if meta["has_member"] and meta.get("sub_batch", self.sub) != self.sub:
+            print(f"[evo] the generation checkpoint holds sub-batches of {meta['sub_batch']}, this run trains "
+                  f"{self.sub} (evo.devices or evo.sub_batch changed): generation {g + 1} restarts", flush=True)
             return None
         like_member = None
         tr = self.evo.trainer

@@ -185,20 +185,39 @@ def _pixel_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, rows: jax.
     return dirs / jnp.linalg.norm(dirs, axis=-1, keepdims=True)
 
 
+def ray_footprints(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, supersample: int):
+    """Sub-ray footprints of a camera with rotation `frame` (..., 3, 3): (step_x, step_y, axis), each
+    (..., 3). The steps between neighbouring sub-rays along image columns and rows on the image plane
+    at unit distance along the optical axis frame[..., :, 0] (each sub-ray stands for a fov/res/s
+    patch: the s² patches tile the pixel). A ray d's direction changes by (d·axis)·step across its
+    patch (up to a part along d, which moves no hit point); `cast_rays` carries that to the surface
+    it hits to box-filter textures. The axis is also the direction of MuJoCo's headlight. They come
+    from `fov_deg` and `res` as arrays, so they differ per individual in a vmapped batch like the
+    directions do."""
+    s = supersample
+    tx, ty = jnp.tan(jnp.deg2rad(fov_deg[0]) / 2), jnp.tan(jnp.deg2rad(fov_deg[1]) / 2)
+    return (-2 * tx / (res[0] * s) * frame[..., :, 1], -2 * ty / (res[1] * s) * frame[..., :, 2],
+            frame[..., :, 0])
+
+
 def camera_rays(frame: jax.Array, fov_deg: jax.Array, res: jax.Array, max_res: int | tuple[int, int],
-                supersample: int, margin: int = 0) -> jax.Array:
+                supersample: int, margin: int = 0, differentials: bool = False):
     """Unit ray directions (H + 2·margin, W + 2·margin, s², 3) of a pinhole camera with rotation `frame`.
 
     `max_res` is the buffer size: H = W = max_res, or (H, W). `res` = (width, height) decides the
     pixel grid inside the buffer; pixel (row, col) casts s² rays spread evenly over its patch of the
     field of view. Pixels outside `res` get directions too (valid but unused; masks zero them).
     `margin` adds that many pixels of the same pitch on each side (indices -margin … H + margin - 1),
-    beyond the field of view (the optics eye's blur).
+    beyond the field of view (the optics eye's blur). differentials=True returns (dirs, step_x,
+    step_y): the footprints of `ray_footprints`.
     """
     hgt, wid = (max_res, max_res) if isinstance(max_res, int) else max_res
     rows = jnp.arange(hgt + 2 * margin) - margin
     cols = jnp.arange(wid + 2 * margin) - margin
-    return _pixel_rays(frame, fov_deg, res, rows[:, None], cols[None, :], supersample)
+    dirs = _pixel_rays(frame, fov_deg, res, rows[:, None], cols[None, :], supersample)
+    if not differentials:
+        return dirs
+    return (dirs, *ray_footprints(frame, fov_deg, res, supersample)[:2])
 
 
 def _world_frames(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
@@ -210,21 +229,30 @@ def _world_frames(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, 
     return frames, pos + radius * frames[:, :, 0]
 
 
-def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0):
+def eye_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float, margin: int = 0,
+             differentials: bool = False):
     """World-frame ray origins (max_eyes, 3) and directions (max_eyes, H + 2m, W + 2m, s², 3) of an
-    agent, m = margin (see `camera_rays`)."""
+    agent, m = margin (see `camera_rays`). differentials=True returns (origins, dirs, step_x,
+    step_y, axes), each eye's footprints (max_eyes, 3) (see `ray_footprints`)."""
     frames, origins = _world_frames(p, buf, pos, yaw, radius)
     size = (buf.height, buf.width)
     dirs = jax.vmap(lambda f: camera_rays(f, p.fov, p.resolution, size, buf.supersample, margin))(frames)
-    return origins, dirs
+    if not differentials:
+        return origins, dirs
+    return (origins, dirs, *ray_footprints(frames, p.fov, p.resolution, buf.supersample))
 
 
-def packed_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float):
+def packed_rays(p: EyeParams, buf: EyeBuffer, pos: jax.Array, yaw: jax.Array, radius: float,
+                differentials: bool = False):
     """World-frame ray origins (P, 3) and directions (P, s², 3) of the packed layout's slots: slot
-    (eye, row, col) casts the rays `eye_rays` gives that pixel (invalid slots: some valid pixel's)."""
+    (eye, row, col) casts the rays `eye_rays` gives that pixel (invalid slots: some valid pixel's).
+    differentials=True returns (origins, dirs, step_x, step_y, axes), each (P, 3) but dirs."""
     frames, origins = _world_frames(p, buf, pos, yaw, radius)
     eye, row, col, _ = packed_slots(p, buf)
-    return origins[eye], _pixel_rays(frames[eye], p.fov, p.resolution, row, col, buf.supersample)
+    dirs = _pixel_rays(frames[eye], p.fov, p.resolution, row, col, buf.supersample)
+    if not differentials:
+        return origins[eye], dirs
+    return (origins[eye], dirs, *ray_footprints(frames[eye], p.fov, p.resolution, buf.supersample))
 
 
 def unpack(pixels: jax.Array, p: EyeParams, buf: EyeBuffer, axis: int = -2, fill=0) -> jax.Array:
@@ -260,12 +288,16 @@ def static_buffer(eyes_cfg, render_cfg) -> EyeBuffer:
     )
 
 
-def lookat_rays(eye: np.ndarray, target: np.ndarray, fov_deg: float, size: int) -> tuple:
-    """Rays (size, size, 1, 3) of a perspective camera at `eye` looking at `target` (views)."""
+def lookat_rays(eye: np.ndarray, target: np.ndarray, fov_deg: float, size: int, supersample: int = 1,
+                differentials: bool = False):
+    """Rays (size, size, s², 3) of a perspective camera at `eye` looking at `target` (views), with
+    no roll (as MuJoCo's free camera). differentials=True: (dirs, step_x, step_y, axis), see
+    `camera_rays`."""
     f = target - eye
     f = f / jnp.linalg.norm(f)
     left = jnp.cross(jnp.array([0.0, 0.0, 1.0]), f)
     left = left / (jnp.linalg.norm(left) + 1e-9)
     frame = jnp.stack([f, left, jnp.cross(f, left)], -1)
     fov = jnp.array([fov_deg, fov_deg])
-    return camera_rays(frame, fov, jnp.array([size, size]), size, 1)
+    out = camera_rays(frame, fov, jnp.array([size, size]), size, supersample, differentials=differentials)
+    return (*out, f) if differentials else out

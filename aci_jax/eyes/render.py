@@ -4,12 +4,34 @@ Walls are found by walking each maze's cell grid with a 2D DDA (Amanatides–Woo
 ray to the grid's box and to the wall height slab [0, wall top], so inside the walk every cell the
 ray enters is hit at its entry (side face, or top face when the ray comes down through the top).
 The floor plane and the visible spheres (agents, objects; render groups 2 and 3 are hidden) are
-analytic. Colour follows MuJoCo's fixed-function model without specular or shadows: base colour
-(material rgba, else geom rgba, times the RGB texture) × (emission + lights + headlight).
-Textures (nearest texel): box faces and the plane use the hit point's two in-plane world
-coordinates × texrepeat (walls: texrepeat 1/scale, one texture period per cell; MuJoCo's own
-renderer draws 2 cells per period on y faces and smears x faces); spheres are equirectangular in
-the geom frame, u = longitude, v = colatitude, so `vertical_N` stripes run pole to pole.
+analytic. Colour follows MuJoCo's fixed-function model without specular or shadows:
+clip(base · (emission + lights + headlight)) × texel, where base is the material's rgba unless the
+geom has a non-default rgba (MuJoCo's rule: then the geom's rgba, tinting the texture), and the
+headlight is a directional light along the camera's optical axis (`view_axis`).
+
+Textures: box faces and the plane use the hit point's two in-plane world coordinates × texrepeat
+(walls: texrepeat 1/scale, one texture period per cell; MuJoCo's own renderer draws 2 cells per
+period on y faces and smears x faces); spheres are equirectangular in the geom frame, u = longitude,
+v = colatitude, so `vertical_N` stripes run pole to pole.
+
+Texture filtering by ray footprint: a texture that varies along one axis only (every texture
+aci_jax builds: stripes; constant ones too) is box-filtered exactly over each ray's footprint. The
+footprint comes from ray differentials (`ray_dx`, `ray_dy`: how the direction changes across one
+sub-ray of the pixel, from the eye's fov/resolution/supersample), transferred to the hit's tangent
+plane (distance and obliquity: dP = t·(dd − d·(n·dd)/(n·d))) and mapped to texels through the
+surface parametrisation. A parallelogram footprint spanned by texel offsets a, b averages the 1D
+profile f over w + a·X + b·Y, X, Y uniform on [−½, ½] (a trapezoid kernel): the second difference of
+f's second antiderivative F2, [F2(w + p) − F2(w + q) − F2(w − q) + F2(w − p)] / (|a||b|),
+p = (|a|+|b|)/2, q = (|a|−|b|)/2. For square waves (stripes) F2 is closed-form (±φ(1 − φ)/4 per
+stripe), so filtering reads no table; other 1D textures read F2 from per-texel tables (piecewise
+quadratic, periodic after removing the mean). The s² sub-ray footprints tile the pixel, so a pixel is
+the average of the texture over its patch of view (exact where the surface is flat across a sub-ray,
+first order on spheres), whatever `supersample`. Footprints are clamped below at 0.1 texel (without
+differentials: 0.1-texel boxes, ≈ nearest texel). Textures that vary in both axes (none is built by
+aci_jax; a model loaded from elsewhere could have them) are sampled at the nearest texel,
+unfiltered. Geometric edges (an object's silhouette against what is behind it) are not filtered:
+the s² sub-rays sample them, and a sub-ray grazing a sphere's limb filters over its local tangent
+plane only (first order), so at one pixel per object small errors (≤ 0.06) remain at 2×2 sub-rays.
 """
 
 from __future__ import annotations
@@ -25,6 +47,7 @@ from aci_jax.world.scene import MARKER_GROUP, PROXY_GROUP, World
 HIDDEN_GROUPS = (MARKER_GROUP, PROXY_GROUP)
 DIRECTIONAL = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
 _EPS = 1e-9
+_MIN_FOOTPRINT = 0.1  # texels: the narrowest box a texture is filtered over
 
 
 @struct.dataclass
@@ -40,6 +63,7 @@ class RenderScene:
     sphere_geom: jax.Array  # (S,) int32
     sphere_radius: jax.Array  # (S,)
     geom_rgba: jax.Array  # (ngeom, 3)
+    geom_tint: jax.Array  # (ngeom,) bool: the geom's rgba replaces its material's (MuJoCo's rule)
     geom_matid: jax.Array  # (ngeom,) int32, -1 none
     mat_rgba: jax.Array  # (nmat + 1, 3); the extra last row of mat_* stands for "no material"
     mat_emission: jax.Array  # (nmat + 1,)
@@ -48,6 +72,14 @@ class RenderScene:
     tex_adr: jax.Array  # (ntex + 1,) first texel of each texture in `texels`
     tex_size: jax.Array  # (ntex + 1, 2) height, width
     texels: jax.Array  # (P, 3) all textures' RGB in [0, 1], row-major
+    tex_axis: jax.Array  # (ntex + 1,) int32: 0 varies along u (columns) only, 1 along v (rows), 2 both
+    tex_square: jax.Array  # (ntex + 1,) bool: the 1D profile is a square wave (stripes, or constant)
+    tex_stripe: jax.Array  # (ntex + 1,) stripe width in texels of a square wave
+    tex_colours: jax.Array  # (ntex + 1, 2, 3) its even and odd stripes' colours
+    tex_mean: jax.Array  # (ntex + 1, 3) mean colour
+    prof_adr: jax.Array  # (ntex + 1,) int32 first row of each texture's 1D profile in `prof`
+    prof_len: jax.Array  # (ntex + 1,) int32 texels along the profile
+    prof: jax.Array  # (Q, 9) per profile texel k: F2 at k, F2' at k, texel − mean (see _profile)
     light_directional: jax.Array  # (L,) bool
     light_pos: jax.Array  # (L, 3) in the light's body frame
     light_dir: jax.Array  # (L, 3) in the light's body frame
@@ -61,6 +93,8 @@ class RenderScene:
     headlight: jax.Array  # (2, 3) ambient, diffuse (zeros when inactive)
     background: jax.Array  # (3,)
     floor_geom: int = struct.field(pytree_node=False)
+    has_2d_textures: bool = struct.field(pytree_node=False)  # any texture with tex_axis 2
+    has_table_textures: bool = struct.field(pytree_node=False)  # any 1D texture not a square wave
     max_steps: int = struct.field(pytree_node=False)  # DDA steps bound: rows + cols + 2
 
 
@@ -85,6 +119,13 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
     texid = m.mat_texid[:, mujoco.mjtTextureRole.mjTEXROLE_RGB]
     rgb = [_texture_rgb(m, t) for t in range(m.ntex)] + [np.ones((1, 1, 3), np.float32)]
     tex_adr = np.cumsum([0] + [t.shape[0] * t.shape[1] for t in rgb[:-1]])
+    profiles = [_profile(t) for t in rgb]
+    squares = [_square_wave(t) for t in rgb]
+    prof_adr = np.cumsum([0] + [len(p[2]) for p in profiles[:-1]])
+    # MuJoCo: a geom with a material shows the material's rgba unless its own rgba is not the
+    # default (0.5 0.5 0.5 1); then the geom's rgba is used (and tints the texture).
+    default_rgba = np.all(np.isclose(m.geom_rgba, [0.5, 0.5, 0.5, 1.0]), axis=1)
+    tint = (m.geom_matid < 0) | ~default_rgba
 
     lights = np.nonzero(m.light_active)[0]
     anchor = np.array([m.body_geomadr[b] if b > 0 else -1 for b in m.light_bodyid[lights]], int)
@@ -103,13 +144,19 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
         wall_top=f32([2 * mi.maze.wall_half_height for mi in world.mazes]),
         floor=f32([m.geom_pos[fl, 2], m.geom_pos[fl, 0], m.geom_pos[fl, 1], *m.geom_size[fl, :2]]),
         sphere_geom=i32(spheres), sphere_radius=f32(m.geom_size[spheres, 0]),
-        geom_rgba=f32(m.geom_rgba[:, :3]), geom_matid=i32(m.geom_matid),
+        geom_rgba=f32(m.geom_rgba[:, :3]), geom_tint=jnp.asarray(tint), geom_matid=i32(m.geom_matid),
         mat_rgba=f32(np.concatenate([m.mat_rgba[:, :3], np.ones((1, 3))])),
         mat_emission=f32(np.append(m.mat_emission, 0.0)),
         mat_texid=i32(np.append(texid, -1)),
         mat_texrepeat=f32(np.concatenate([m.mat_texrepeat, np.ones((1, 2))])),
         tex_adr=i32(tex_adr), tex_size=i32([t.shape[:2] for t in rgb]),
         texels=f32(np.concatenate([t.reshape(-1, 3) for t in rgb])),
+        tex_axis=i32([p[0] for p in profiles]), tex_mean=f32([p[1] for p in profiles]),
+        tex_square=jnp.asarray([q is not None for q in squares]),
+        tex_stripe=f32([q[0] if q else 1.0 for q in squares]),
+        tex_colours=f32([q[1] if q else np.zeros((2, 3)) for q in squares]),
+        prof_adr=i32(prof_adr), prof_len=i32([len(p[2]) for p in profiles]),
+        prof=f32(np.concatenate([p[2] for p in profiles])),
         light_directional=jnp.asarray(m.light_type[lights] == DIRECTIONAL),
         light_pos=f32(m.light_pos[lights]), light_dir=f32(m.light_dir[lights]),
         light_body=i32(m.light_bodyid[lights]), light_anchor=i32(anchor),
@@ -120,6 +167,8 @@ def make_render_scene(world: World, background=(0.0, 0.0, 0.0)) -> RenderScene:
         headlight=f32(np.array([head.ambient, head.diffuse]) * bool(head.active)),
         background=f32(background),
         floor_geom=int(fl), max_steps=int(rows + cols + 2),
+        has_2d_textures=any(p[0] == 2 for p in profiles),
+        has_table_textures=any(p[0] < 2 and q is None for p, q in zip(profiles, squares)),
     )
 
 
@@ -128,6 +177,52 @@ def _texture_rgb(m: mujoco.MjModel, t: int) -> np.ndarray:
     h, w, c = m.tex_height[t], m.tex_width[t], m.tex_nchannel[t]
     px = m.tex_data[m.tex_adr[t]:m.tex_adr[t] + h * w * c].reshape(h, w, c).astype(np.float32) / 255
     return px[..., :3] if c >= 3 else np.repeat(px[..., :1], 3, axis=-1)
+
+
+def _profile(rgb: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """A texture's filtering tables: (axis, mean colour (3,), table (L, 9)).
+
+    axis 0: the texture varies along u (its columns) only, profile f = its first row; axis 1: along v
+    (rows) only, f = its first column; axis 2: along both (table unused). With g = f − mean, G1 the
+    integral of g (zero over a period), c the mean of G1 and F2 the integral of G1 − c (so F2 is
+    periodic), row k holds F2(k), F2'(k) = G1(k) − c and g[k]: inside texel k, F2(k + φ) = F2(k) +
+    F2'(k)·φ + g[k]·φ²/2. Built in float64.
+    """
+    rgb = rgb.astype(np.float64)
+    if np.all(rgb == rgb[:1]):
+        axis, f = 0, rgb[0]
+    elif np.all(rgb == rgb[:, :1]):
+        axis, f = 1, rgb[:, 0]
+    else:
+        axis, f = 2, rgb.reshape(-1, 3)[:1]
+    mean = f.mean(0) if axis < 2 else rgb.reshape(-1, 3).mean(0)
+    g = f - f.mean(0)
+    g1 = np.concatenate([np.zeros((1, 3)), np.cumsum(g, 0)[:-1]])  # G1 at the texel starts
+    c = (g1 + g / 2).mean(0)  # mean of G1 over a period (G1 is linear inside each texel)
+    f2 = np.concatenate([np.zeros((1, 3)), np.cumsum(g1 + g / 2 - c, 0)[:-1]])
+    return axis, mean, np.concatenate([f2, g1 - c, g], 1)
+
+
+def _square_wave(rgb: np.ndarray):
+    """(stripe width in texels, (2, 3) colours of the even and odd stripes) when the texture's 1D
+    profile is a square wave: two colours alternating in runs of one width, a whole number of
+    periods (every stripe texture; a constant texture is one with equal colours). Else None."""
+    if np.all(rgb == rgb[:1]):
+        f = rgb[0]
+    elif np.all(rgb == rgb[:, :1]):
+        f = rgb[:, 0]
+    else:
+        return None
+    if np.all(f == f[:1]):
+        return float(len(f)), np.stack([f[0], f[0]])
+    starts = np.concatenate([[0], np.nonzero(np.any(f[1:] != f[:-1], axis=1))[0] + 1])
+    runs = np.diff(np.append(starts, len(f)))
+    width = runs[0]
+    colours = np.stack([f[0], f[width]])
+    stripe = (np.arange(len(f)) // width) % 2
+    if np.all(runs == width) and len(f) % (2 * width) == 0 and np.array_equal(f, colours[stripe]):
+        return float(width), colours
+    return None
 
 
 def _slab(o, d, lo, hi):
@@ -203,7 +298,9 @@ def _dot(a, b):
 def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, origins: jax.Array,
               dirs: jax.Array, exclude_geom: int | jax.Array = -1,
               wall_material: jax.Array | None = None, body_xpos: jax.Array | None = None,
-              body_xmat: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+              body_xmat: jax.Array | None = None, ray_dx: jax.Array | None = None,
+              ray_dy: jax.Array | None = None,
+              view_axis: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Nearest hit of each ray: rgb (N, 3) in [0, 1], depth (N,) (inf on a miss), geom (N,) (-1).
 
     origins, dirs: (N, 3) world frame, dirs unit. geom_xpos (ngeom, 3), geom_xmat (ngeom, 3, 3) or
@@ -213,6 +310,13 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     None to pose each light's body from a geom on it (geom_xpos/geom_xmat); world-body lights are
     static. Directional and point lights (spot lights are lit as point lights, no cone); no shadows,
     no specular. Misses get the scene's background colour.
+    view_axis: optional (N, 3) optical axis of each ray's camera (a pinhole at the ray's origin):
+    MuJoCo's headlight is a directional light along it. None: along each ray (right for parallel
+    rays, e.g. an orthographic view).
+    ray_dx, ray_dy: optional (N, 3) footprints (need view_axis): the steps between neighbouring
+    sub-rays along image columns and rows on the camera's image plane at unit distance
+    (`camera_rays(..., differentials=True)`); the ray's direction changes by (d·view_axis)·step
+    across its footprint. Textures are box-filtered over it; without them, over 0.1 texel.
     """
     # Vectors are (x, y, z) tuples of (N,) arrays: plain elementwise code, fast on CPU and GPU.
     f32 = jnp.float32
@@ -280,19 +384,98 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
     mat = jnp.where(mat >= 0, mat, no_mat)
     tex = scene.mat_texid[mat]
     ti = jnp.maximum(tex, 0)
-    h, w = scene.tex_size[ti, 0], scene.tex_size[ti, 1]
-    u, v = u * scene.mat_texrepeat[mat, 0], v * scene.mat_texrepeat[mat, 1]
-    row = jnp.clip(jnp.floor((v - jnp.floor(v)) * h).astype(jnp.int32), 0, h - 1)
-    col = jnp.clip(jnp.floor((u - jnp.floor(u)) * w).astype(jnp.int32), 0, w - 1)
-    texel = scene.texels[scene.tex_adr[ti] + row * w + col]
-    rgba = jnp.where((mat == no_mat)[:, None], scene.geom_rgba[g], scene.mat_rgba[mat])
-    base = rgba * jnp.where((tex >= 0)[:, None], texel, 1.0)
+    rep_u, rep_v = scene.mat_texrepeat[mat, 0], scene.mat_texrepeat[mat, 1]
+    along_v = scene.tex_axis[ti] == 1
+    length = scene.prof_len[ti]
+    texels_per = jnp.where(along_v, rep_v, rep_u) * length.astype(f32)  # texels per unit of u or v
+    w = jnp.where(along_v, v, u) * texels_per  # texel coordinate along the profile
+
+    # Footprint: ray differentials transferred to the hit's tangent plane, dP = t·(dd − d·(n·dd)/
+    # (n·d)), then to texels along the profile through G = ∇_P w (the texel coordinate's gradient on
+    # the surface): a = |G·dP| = t·|G·dd − (G·d)(n·dd)/(n·d)|.
+    if ray_dx is not None:
+        nd = _dot(normal, d)
+        nd = jnp.where(nd < 0, jnp.minimum(nd, -1e-3), jnp.maximum(nd, 1e-3))  # grazing: ≤ 1000×
+        radius = scene.sphere_radius[sphere]
+        rho2 = jnp.maximum(local[0] ** 2 + local[1] ** 2, 1e-8)
+        # Sphere: ∂w/∂(local unit point), u = atan2(l1, l0)/2π + ½, v = acos(l2)/π; world = R·that/r.
+        inv_u, inv_v = 1.0 / (2 * jnp.pi * rho2), -1.0 / (jnp.pi * jnp.sqrt(rho2))
+        gl = (jnp.where(along_v, 0.0, -local[1] * inv_u), jnp.where(along_v, 0.0, local[0] * inv_u),
+              jnp.where(along_v, inv_v, 0.0))
+        scale = texels_per / radius
+        g_sphere = tuple((rot[:, 3 * k] * gl[0] + rot[:, 3 * k + 1] * gl[1] + rot[:, 3 * k + 2] * gl[2])
+                         * scale for k in range(3))
+        # Plane and box faces: w follows one world axis (u: x, or y on x faces; v: z, or y on the
+        # floor and wall tops).
+        axis = jnp.where(along_v, jnp.where((kind == 0) | (kind == 4), 1, 2), jnp.where(kind == 2, 1, 0))
+        grad = tuple(jnp.where(kind == 1, g_sphere[k], jnp.where(axis == k, texels_per, 0.0))
+                     for k in range(3))
+        if view_axis is None:
+            raise ValueError("ray_dx/ray_dy are image-plane steps: pass the cameras' view_axis too")
+        th = jnp.where(hit, t, 0.0) * _dot(d, tuple(view_axis[:, k].astype(f32) for k in range(3)))
+        c = _dot(grad, d) / nd
+
+        def texel_offset(step):  # the direction changes by (d·axis)·step (folded into th)
+            step = tuple(step[:, k].astype(f32) for k in range(3))
+            off = jnp.abs(th * (_dot(grad, step) - c * _dot(normal, step)))
+            return jnp.where(jnp.isfinite(off), jnp.minimum(off, 1e6), 1e6)
+
+        fa, fb = texel_offset(ray_dx), texel_offset(ray_dy)
+    else:
+        fa = fb = jnp.zeros_like(t)
+    fa, fb = jnp.maximum(fa, _MIN_FOOTPRINT), jnp.maximum(fb, _MIN_FOOTPRINT)
+    lf = length.astype(f32)
+    w = w - lf * jnp.floor(w / lf)  # one period: the four points below keep their precision
+    pp, qq = (fa + fb) / 2, (fa - fb) / 2
+
+    # Square waves (stripes): closed form, no table reads. In stripe units y (period 2), the
+    # zero-mean wave ∓½ has the periodic second antiderivative F2(y) = e(1 − |e|)/4,
+    # e = 1 − (y mod 2) (φ(1 − φ)/4 on even stripes, its negative on odd ones), so the box-filtered
+    # fraction of odd stripe is ½ + [F2(y + p) − F2(y + q) − F2(y − q) + F2(y − p)] / (|a||b|).
+    inv_k = 1.0 / scene.tex_stripe[ti]
+    y = w * inv_k
+    y = y - 2.0 * jnp.floor(0.5 * y)  # [0, 2): one period, so the four points keep their precision
+    sp, sq = pp * inv_k, qq * inv_k
+
+    def f2_square(x):
+        e = 1.0 - (x - 2.0 * jnp.floor(0.5 * x))
+        return e * (1.0 - jnp.abs(e))
+
+    odd = 0.5 + 0.25 * (f2_square(y + sp) - f2_square(y + sq) - f2_square(y - sq)
+                        + f2_square(y - sp)) / ((fa * inv_k) * (fb * inv_k))
+    colours = scene.tex_colours[ti]
+    texel = colours[:, 0] + (colours[:, 1] - colours[:, 0]) * odd[:, None]
+
+    if scene.has_table_textures:  # other 1D textures: per-texel tables of F2
+        adr, last = scene.prof_adr[ti], length - 1
+
+        def f2(x):  # F2 at texel coordinate x (periodic)
+            x = x - lf * jnp.floor(x / lf)
+            j = jnp.clip(jnp.floor(x).astype(jnp.int32), 0, last)
+            phi = (x - j)[:, None]
+            row = scene.prof[adr + j]
+            return row[:, 0:3] + row[:, 3:6] * phi + row[:, 6:9] * (phi * phi / 2)
+
+        table = scene.tex_mean[ti] + (f2(w + pp) - f2(w + qq) - f2(w - qq) + f2(w - pp)) / (fa * fb)[:, None]
+        texel = jnp.where(scene.tex_square[ti][:, None], texel, table)
+    if scene.has_2d_textures:  # nearest texel, unfiltered
+        h, wd = scene.tex_size[ti, 0], scene.tex_size[ti, 1]
+        uu, vv = u * rep_u, v * rep_v
+        row = jnp.clip(jnp.floor((vv - jnp.floor(vv)) * h).astype(jnp.int32), 0, h - 1)
+        col = jnp.clip(jnp.floor((uu - jnp.floor(uu)) * wd).astype(jnp.int32), 0, wd - 1)
+        nearest = scene.texels[scene.tex_adr[ti] + row * wd + col]
+        texel = jnp.where((scene.tex_axis[ti] == 2)[:, None], nearest, texel)
+    texel = jnp.where((tex >= 0)[:, None], jnp.clip(texel, 0.0, 1.0), 1.0)
+    rgba = jnp.where((scene.geom_tint[g] | (mat == no_mat))[:, None], scene.geom_rgba[g],
+                     scene.mat_rgba[mat])
 
     # Shading, MuJoCo's without specular: emission + headlight + Σ lights (ambient + diffuse·
     # max(0, n·L))·attenuation. Linear in per-ray features, so light (N, 3) = F (N, 3 + 2L) @ W:
-    # the matmul keeps XLA from recomputing the features once per colour channel.
+    # the matmul keeps XLA from recomputing the features once per colour channel. As in MuJoCo's
+    # fixed-function pipeline, the lit colour is clipped, then modulated by the (filtered) texel.
     lpos, ldir = _light_poses(scene, xpos, xmat.reshape(-1, 3, 3), body_xpos, body_xmat)
-    feats = [scene.mat_emission[mat], jnp.ones_like(t), jnp.maximum(-_dot(normal, d), 0.0)]
+    head = d if view_axis is None else tuple(view_axis[:, k].astype(f32) for k in range(3))
+    feats = [scene.mat_emission[mat], jnp.ones_like(t), jnp.maximum(-_dot(normal, head), 0.0)]
     ws = [jnp.ones(3), scene.headlight[0], scene.headlight[1]]
     for i in range(lpos.shape[0]):
         to = tuple(lpos[i, k] - p[k] for k in range(3))
@@ -305,6 +488,6 @@ def cast_rays(scene: RenderScene, geom_xpos: jax.Array, geom_xmat: jax.Array, or
         feats += [atten, jnp.maximum(ndotl, 0.0) * atten]
         ws += [scene.light_ambient[i], scene.light_diffuse[i]]
     light = jnp.matmul(jnp.stack(feats, -1), jnp.stack(ws), precision=jax.lax.Precision.HIGHEST)
-    rgb = jnp.clip(base * light, 0.0, 1.0)
+    rgb = jnp.clip(rgba * light, 0.0, 1.0) * texel
     rgb = jnp.where(hit[:, None], rgb, scene.background)
     return rgb.astype(f32), jnp.where(hit, t, jnp.inf).astype(f32), geom.astype(jnp.int32)

@@ -128,9 +128,11 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
     xs = np.cumsum([0.0] + [w + gap for w in widths[:-1]]) + np.array(widths) / 2 - total / 2
     extent = max(total, max(m.length for m in mazes)) / 2 + gap
 
+    _match_eye_renderer(spec, extent)
     if lighting.get("sun", True):
         light = spec.worldbody.add_light(name="sun", pos=[0, 0, 10], dir=[0, 0, -1],
-                                         diffuse=[0.4, 0.4, 0.4], ambient=[0.1, 0.1, 0.1])
+                                         diffuse=[0.4, 0.4, 0.4], ambient=[0.1, 0.1, 0.1],
+                                         specular=[0, 0, 0], castshadow=False)
         light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
     floor = spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE,
                                     size=[extent, extent, 0.1], rgba=list(FLOOR_RGBA),
@@ -197,6 +199,22 @@ def build_world(env_cfg: Mapping[str, Any], proxy_walls: bool = True) -> World:
     return World(model, maze_infos, agents, objects, floor.id, proxies)
 
 
+def _match_eye_renderer(spec, extent: float) -> None:
+    """Settings that make MuJoCo's own renderer (viewer, mujoco.Renderer) draw what the eyes see.
+
+    The eyes' ray caster has no specular and no shadows: lights and the headlight get no specular
+    colour and cast no shadows (MuJoCo renders shadow-casting lights in extra passes whose clipped
+    colours add up, brightening textures beyond what one lighting sum gives). The headlight keeps
+    MuJoCo's defaults (ambient 0.1, diffuse 0.4, along the camera axis), as the ray caster does.
+    The model's extent is the world's, not the parked wall proxies' (100 m down), and the near clip
+    plane is 1 cm, so a camera near an object is not clipped at 1.1 m.
+    """
+    spec.visual.headlight.specular = [0.0, 0.0, 0.0]
+    spec.stat.extent = float(extent)
+    spec.stat.center = [0.0, 0.0, 0.0]
+    spec.visual.map.znear = 0.01 / float(extent)
+
+
 def _add_point_agent(spec, name: str, a: Mapping[str, Any]):
     """Point agent: sphere on slide x/y and hinge yaw; velocity actuators on x/y, position on yaw."""
     r = float(a["radius"])
@@ -219,27 +237,36 @@ def _add_point_agent(spec, name: str, a: Mapping[str, Any]):
 
 
 def _add_object(spec, materials: dict, name: str, a: Mapping[str, Any]):
-    """Sphere object on a mocap body; optional stripe texture, marker (group 2) and light."""
+    """Sphere object on a mocap body; optional stripe texture, marker (group 2) and light.
+
+    A textured object shows its material only (the texture's own colours, white material rgba,
+    emission `emission`, default 1 as ACI's materials): its geom keeps MuJoCo's default rgba, which
+    MuJoCo reads as "use the material", unless the config gives an `rgba`, which then tints the
+    texture in MuJoCo and in aci_jax's renderer alike. Untextured objects take `rgba` (default
+    white). The marker takes `marker_rgba` (default: the object's rgba).
+    """
     r = float(a["radius"])
     body = spec.worldbody.add_body(name=name, pos=[0, 0, r], mocap=True)
     # Turned objects are rotated 90° about y, so their vertical stripes run horizontally.
     quat = [np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0] if a.get("turned") else [1, 0, 0, 0]
-    rgba = list(a.get("rgba", [1, 1, 1, 1]))
-    kw = {}
+    rgba = a.get("rgba")
+    kw = {} if rgba is None and a.get("texture") else {"rgba": list(rgba or [1, 1, 1, 1])}
     if a.get("texture"):  # the texture's own colours (white material): colour tells nothing apart
         kw["material"] = _add_texture_material(spec, materials, a["texture"], 1.0, False,
                                                emission=float(a.get("emission", 1.0)))
     elif a.get("emission") is not None:  # a plain glowing sphere (the light-seeking goal)
-        kw["material"] = spec.add_material(name=f"{name}_glow", rgba=rgba, emission=float(a["emission"])).name
+        kw["material"] = spec.add_material(name=f"{name}_glow", rgba=list(rgba or [1, 1, 1, 1]), emission=float(a["emission"])).name
     body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[r, 0, 0], quat=quat,
-                  rgba=rgba, contype=0, conaffinity=0, **kw)
+                  contype=0, conaffinity=0, **kw)
     body.add_geom(name=f"{name}_marker", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.1 * r + 0.05, 0, 0],
-                  pos=[0, 0, r + 0.2], rgba=list(a.get("marker_rgba", rgba)), group=MARKER_GROUP,
+                  pos=[0, 0, r + 0.2], rgba=list(a.get("marker_rgba") or rgba or [1, 1, 1, 1]),
+                  group=MARKER_GROUP,
                   contype=0, conaffinity=0)
     if a.get("light"):
         lt = a["light"]
         light = body.add_light(name=f"{name}_light", pos=[0, 0, 0],
                                diffuse=list(lt.get("diffuse", [1, 1, 1])),
-                               attenuation=list(lt.get("attenuation", [1, 0, 0.5])))
+                               attenuation=list(lt.get("attenuation", [1, 0, 0.5])),
+                               specular=[0, 0, 0], castshadow=False)
         light.type = mujoco.mjtLightType.mjLIGHT_POINT
     return body
