@@ -160,7 +160,6 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import aci_jax
     from aci_jax.evo.run import build_evolution, individual_seed

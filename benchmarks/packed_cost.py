@@ -116,7 +116,7 @@ def main() -> None:
     out = {"machine": machine_info(), "settings": {**vars(a), "common_overrides": common}, "rows": rows}
     Path(a.out).write_text(json.dumps(out, indent=1))
     mb = lambda x: f"{x / 2**20:,.1f}"
-    print(f"\n| case | pixels observed | rays/step | params | env-steps/s | step GFLOP | step MB accessed "
+    print("\n| case | pixels observed | rays/step | params | env-steps/s | step GFLOP | step MB accessed "
           f"| step temp MB | PPO env-steps/s | iteration GFLOP | iteration MB accessed | iteration arg+temp MB |")
     print("|" + " --- |" * 12)
     for r in rows:
