@@ -117,7 +117,7 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(out, indent=1))
     mb = lambda x: f"{x / 2**20:,.1f}"
     print("\n| case | pixels observed | rays/step | params | env-steps/s | step GFLOP | step MB accessed "
-          f"| step temp MB | PPO env-steps/s | iteration GFLOP | iteration MB accessed | iteration arg+temp MB |")
+          "| step temp MB | PPO env-steps/s | iteration GFLOP | iteration MB accessed | iteration arg+temp MB |")
     print("|" + " --- |" * 12)
     for r in rows:
         s, i = r["env_step"], r["ppo_iteration"]
