@@ -1,10 +1,14 @@
 """One evolution as one multi-process JAX program (aci_jax.distributed): 2 processes on this CPU,
 joined through ACI_JAX_COORDINATOR / ACI_JAX_NUM_PROCESSES / ACI_JAX_PROCESS_ID, train a tiny
 evolution's population between them and write the records of a one-process run, once; a config
-error on process 0 stops both."""
+error on process 0 stops both; the same through the launcher as 2 tasks of one job on the one-node
+Slurm of scripts/slurm-local.sh (skipped when `sbatch` is not on PATH)."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +20,7 @@ import aci_jax
 from aci_jax.evo.run import evolve, read_population
 
 from test_evo import TINY
+from test_launch import _wait, launcher, slurm  # noqa: F401 - slurm: the one-node Slurm fixture
 
 REPO = Path(aci_jax.__file__).resolve().parent.parent
 
@@ -79,3 +84,29 @@ def test_a_config_error_on_process_0_stops_every_process(one_process):
                            timeout=300)
     assert p0.returncode == 2 and "config error: run_dir=" in p0.stderr and "trainer.learning_rate" in p0.stderr
     assert p1.returncode == 1 and "process 0 failed (a config error" in p1.stderr
+
+
+def test_two_slurm_tasks_run_one_evolution(one_process, slurm, tmp_path):
+    """The launcher's multi-task job on the one-node Slurm of scripts/slurm-local.sh: 2 srun tasks
+    (`tasks_per_node=2`; on a GPU cluster `--nodes N --gpus-per-node G`) join through Slurm's
+    environment and write the records of one process."""
+    run = tmp_path / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert launcher.main(["--cluster", "localhost", "--set", "tasks_per_node=2", "--set", "mem_gb=6", "evo", "exp=detection", *TINY,
+                              f"run_dir={run}"]) == 0
+    (jid,) = re.findall(r"job (\d+):", buf.getvalue())
+    (job,) = _wait(jid, timeout=1200)
+    logs = {t: (run / "slurm" / f"{jid}_{t}_log.out").read_text() for t in (0, 1)}
+    assert job["JobState"] == "COMPLETED", logs[0][-3000:]
+    assert "[dist] process 1 of 2" in logs[1] and "sub-batches of 4 individuals on 2 cpu device(s)" in logs[0]
+    a, b = read_population(one_process / "population.csv"), read_population(run / "population.csv")
+    assert len(b) == 3 and [r["seed"] for r in a] == [r["seed"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-4, abs=1e-4)
+    assert len((run / "starts.jsonl").read_text().splitlines()) == 1
+
+
+def test_several_tasks_run_only_an_evolution(capsys):
+    code = launcher.main(["--cluster", "euler", "--dry-run", "--nodes", "2", "--gpus-per-node", "4", "train", "exp=quick"])
+    assert code == 2 and "train runs as one task, this launch has 8 (2 node(s) x 4 task(s))" in capsys.readouterr().err
