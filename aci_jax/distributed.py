@@ -41,10 +41,9 @@ class PeerFailed(RunError):
 
 
 def slurm_tasks() -> int:
-    """Tasks of the current Slurm job step (1 outside a step, e.g. in the batch script itself)."""
-    if "SLURM_STEP_ID" not in os.environ and "SLURM_STEPID" not in os.environ:
-        return 1
-    return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
+    """Tasks of the current Slurm job step: srun's SLURM_STEP_NUM_TASKS (1 outside a step, e.g. in
+    a batch script itself, whose SLURM_NTASKS counts tasks that no srun started)."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
 
 
 def initialize() -> None:

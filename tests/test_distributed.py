@@ -110,3 +110,16 @@ def test_two_slurm_tasks_run_one_evolution(one_process, slurm, tmp_path):
 def test_several_tasks_run_only_an_evolution(capsys):
     code = launcher.main(["--cluster", "euler", "--dry-run", "--nodes", "2", "--gpus-per-node", "4", "train", "exp=quick"])
     assert code == 2 and "train runs as one task, this launch has 8 (2 node(s) x 4 task(s))" in capsys.readouterr().err
+
+
+def test_local_launch_of_two_tasks_runs_one_evolution(tmp_path, capsys):
+    """`--cluster local --set tasks_per_node=2`: submitit's local executor starts 2 tasks whose
+    commands join through the ACI_JAX_* variables the job sets (test mode: synthetic fitness)."""
+    run = tmp_path / "run"
+    code = launcher.main(["--cluster", "local", "--set", "tasks_per_node=2", "evo", "exp=quick", "trainer.mode=test",
+                          "evo.num_generations=3", f"run_dir={run}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    logs = sorted((run / "slurm").glob("*_1_log.out"))
+    assert logs and "[dist] process 1 of 2" in logs[0].read_text()
+    assert len((run / "generations.jsonl").read_text().splitlines()) == 3
+    assert len(read_population(run / "population.csv")) == 3 * 4 and len((run / "starts.jsonl").read_text().splitlines()) == 1
