@@ -8,6 +8,10 @@
   continues the same folder (the commands resume a run folder: aci_jax.runs). A grid of overrides
   (`seed=0,1 trainer.learning_rate=1e-3,3e-4`, Hydra's sweep syntax) is one member per point,
   laid out as `aci_jax.sweep` lays out `-m` sweeps (`<sweep dir>/<swept key=value,...>`).
+- A job of several tasks (`--nodes N --gpus-per-node G`: one task per GPU; or `tasks_per_node`)
+  runs an evolution as one multi-process JAX program: every task runs `python -m aci_jax.evo`,
+  which joins the others (aci_jax.distributed: from Slurm's environment, or, for submitit's local
+  executor, from the ACI_JAX_* variables the job sets); only `evo` runs on several tasks.
 - A `Job` runs the command (`python -m aci_jax.train ...`) in a subprocess. It is submitit
   `Checkpointable`: on the scheduler's timeout or preemption signal (USR2, `signal_delay_s` before the
   time limit) submitit asks it for a checkpoint, gets the same command back and requeues the job; the
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -211,7 +216,7 @@ class Job(Checkpointable):
     run_dir: str
 
     def __call__(self) -> str:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        env = {**os.environ, **local_tasks_env(), "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
         print(f"[launch] {shlex.join(self.argv)}\n[launch] run folder {self.run_dir}", flush=True)
         code = subprocess.run(self.argv, cwd=self.cwd, env=env, preexec_fn=_ignore_preemption_signal).returncode
@@ -223,6 +228,26 @@ class Job(Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         # The command saves its own checkpoints; the requeued job reruns it on the same run folder.
         return DelayedSubmission(self)
+
+
+def local_tasks_env() -> dict[str, str]:
+    """In a task of a local (submitit) job of several tasks: the ACI_JAX_* variables that join the
+    tasks' commands into one JAX program (aci_jax.distributed); under Slurm JAX reads Slurm's own."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) <= 1:
+        return {}
+    job = int(re.sub(r"\D", "", os.environ["SUBMITIT_LOCAL_JOB_ID"]) or 0)
+    return {"ACI_JAX_COORDINATOR": f"localhost:{20000 + job % 20000}",
+            "ACI_JAX_NUM_PROCESSES": os.environ["SUBMITIT_LOCAL_NTASKS"],
+            "ACI_JAX_PROCESS_ID": os.environ["SUBMITIT_LOCAL_GLOBALID"]}
+
+
+def check_tasks(profile: Profile, command: str) -> None:
+    """Several tasks run one evolution together; the other commands run as one task."""
+    n = profile.tasks * profile.nodes
+    if n > 1 and command != "evo":
+        raise ConfigError(f"{command} runs as one task, this launch has {n} ({profile.nodes} node(s) x "
+                          f"{profile.tasks} task(s)); several tasks (--nodes N --gpus-per-node G, tasks_per_node) "
+                          f"run an evolution only: use --nodes 1 --set tasks_per_node=null, or the evo command")
 
 
 # -- the plan -------------------------------------------------------------------------------------------

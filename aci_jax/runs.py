@@ -157,6 +157,12 @@ class RunFolder:
         self.close()
 
 
+def located(cfg: DictConfig, path: str | Path) -> DictConfig:
+    """The config a run of `cfg` in `path` has once opened (`RunFolder.open(...).cfg` of an agreeing
+    config): what the processes of a multi-process run that do not open the folder use."""
+    return _located(cfg, Path(path))
+
+
 def _located(cfg: DictConfig, path: Path) -> DictConfig:
     """A copy of `cfg` whose `run_dir` is the folder it runs in (not the default
     `runs/${expname}/${now:...}`, which resolves only under Hydra and to another folder each time)."""

@@ -12,6 +12,8 @@ The cluster is a profile of configs/launch/ (or a path to one); `--set key=value
 as do --nodes, --gpus-per-node and --array-parallelism. The run folder is fixed at submit time
 (`run_dir=...`, chosen now when not given); on timeout or preemption the job requeues itself and
 continues the same run folder, and submitting the same command with that run_dir again resumes it.
+With `--nodes N --gpus-per-node G` (N > 1) an evolution is one JAX program of one task per GPU
+(aci_jax.distributed); `--set tasks_per_node=K` gives K tasks per node (e.g. on CPUs, or locally).
 Overrides with a grid (`a=1,2 b=x,y`) are a sweep: one Slurm array (at most --array-parallelism
 members at once), one run folder per member, then a job writing the sweep's summary.
 Exit status: 0 submitted (or, with --local, the job succeeded), 1 the submission or local job
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(REPO))
 
-from aci_jax.cluster import COMMANDS, Plan, Profile, batch_script, executor, load_profile, make_plan, profiles, record_sweep  # noqa: E402
+from aci_jax.cluster import COMMANDS, Plan, Profile, batch_script, check_tasks, executor, load_profile, make_plan, profiles, record_sweep  # noqa: E402
 from aci_jax.config import ConfigError  # noqa: E402
 
 
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         profile = load_profile(args.cluster, args.set)
+        check_tasks(profile, args.command)
         plan = make_plan(args.command, overrides)
         if args.dry_run:
             return dry_run(plan, profile)

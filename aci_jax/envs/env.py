@@ -88,9 +88,12 @@ class Env:
     def __init__(self, env_cfg: DictConfig):
         self.cfg = env_cfg
         self.world: World = build_world(env_cfg)
-        self.mx = mjx.put_model(self.world.model, impl="jax")
+        # on this process's device (mjx's default, jax.devices()[0], is another process's in a
+        # multi-process run: aci_jax.distributed)
+        device = jax.local_devices()[0]
+        self.mx = mjx.put_model(self.world.model, impl="jax", device=device)
         # Kinematics once, so static and mocap geoms start posed; steps never re-run it.
-        self._data0 = jax.jit(mjx.kinematics)(self.mx, mjx.make_data(self.mx))
+        self._data0 = jax.jit(mjx.kinematics)(self.mx, mjx.make_data(self.mx, impl="jax", device=device))
         self.agent_name = next(iter(self.world.agents))
         self.agent = self.world.agents[self.agent_name]
         self.agent_cfg = env_cfg.agents[self.agent_name]

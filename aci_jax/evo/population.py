@@ -132,12 +132,15 @@ class OverDevices:
     (population) axis of every argument and result sharded over `devices` through `shard_map` (each
     device runs vmap over its share; individuals never communicate, so no collective is compiled in,
     not even inside the renderer's while loops as plain `jit` sharding would). One device: plain
-    `jit(vmap(fn))`. `put` places a population's arrays (e.g. restored from a checkpoint) for it."""
+    `jit(vmap(fn))`. `put` places a population's host arrays (the same on every process) for it;
+    `get` brings a program's results back to host numpy, whole, on every process. With several
+    processes (aci_jax.distributed) `devices` span them all: each process runs its devices' share."""
 
     def __init__(self, devices: Sequence[jax.Device]):
         self.devices = list(devices)
         self.n = len(self.devices)
         self.mesh = Mesh(np.array(self.devices), ("pop",)) if self.n > 1 else None
+        self.processes = len({d.process_index for d in self.devices})
 
     def program(self, fn: Callable) -> Callable:
         if self.mesh is None:
@@ -148,7 +151,23 @@ class OverDevices:
     def put(self, tree):
         if self.mesh is None:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("pop")))
+        sharding = NamedSharding(self.mesh, PartitionSpec("pop"))
+        if self.processes == 1:
+            return jax.device_put(tree, sharding)
+
+        def one(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+        return jax.tree.map(one, tree)
+
+    def get(self, tree):
+        """Host numpy of a program's results (each process's share gathered to all)."""
+        if self.processes == 1:
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
     def padded(self, size: int) -> int:
         """The smallest multiple of the device count >= size."""
@@ -156,7 +175,10 @@ class OverDevices:
 
 
 def local_devices(spec) -> list[jax.Device]:
-    """`evo.devices`: 'all' local devices of the default backend, or the first N of them."""
+    """`evo.devices`: 'all' devices of the default backend, or the first N of them; with several
+    processes (aci_jax.distributed) every process's devices: all, or the first N of each."""
+    if jax.process_count() > 1:
+        return _every_process_devices(spec)
     devs = jax.local_devices()
     if spec == "all":
         return devs
@@ -164,3 +186,14 @@ def local_devices(spec) -> list[jax.Device]:
         raise ValueError(f"evo.devices={spec}: only {len(devs)} local device(s) ({devs[0].platform}); "
                          "use 'all' or a number up to that")
     return devs[:int(spec)]
+
+
+def _every_process_devices(spec) -> list[jax.Device]:
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())]
+    if spec == "all":
+        return [d for devs in by_process for d in devs]
+    fewest = min(len(devs) for devs in by_process)
+    if int(spec) > fewest:
+        raise ValueError(f"evo.devices={spec}: a process of this run has only {fewest} local device(s) "
+                         f"({jax.devices()[0].platform}); use 'all' or a number up to that (per process)")
+    return [d for devs in by_process for d in devs[:int(spec)]]

@@ -13,6 +13,12 @@ Run folder (besides aci_jax.runs' files): `population.csv` (one row per individu
 (per generation), `training.jsonl` (per segment: each individual's training and evaluation),
 `best/` (the best individual so far: `best.json` with its eyes and fitness, orbax params, and its
 evaluation video with its eye mosaic in `videos/`), `plots/`.
+
+Several processes (aci_jax.distributed: several GPUs or nodes under Slurm) run one evolution: every
+process asks the strategy (the same keys: the same population), trains its devices' share of each
+sub-batch, gathers the results and tells the strategy identically; process 0 alone opens and writes
+the run folder. On resume process 0 reads the checkpoints and broadcasts them (one reader: a damaged
+checkpoint is moved aside by one process, and the others need not see the run folder's disk).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from aci_jax import distributed
 from aci_jax.config import ConfigError, trainable_agents
 from aci_jax.evo.genome import Genome, as_config, genome_from_config, pixels, static_maxima
 from aci_jax.evo.population import OverDevices, PopulationTrainer, local_devices
@@ -39,7 +46,7 @@ from aci_jax.evo.strategy import EvoState, Strategy
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
 from aci_jax.rl.fitness import synthetic_fitness
-from aci_jax.runs import RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
+from aci_jax.runs import RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
 
 EYE_FIELDS = ("num_eyes", "resolution", "fov", "lat_range", "lon_range")
 
@@ -130,8 +137,13 @@ def build_evolution(cfg: DictConfig) -> Evolution:
 def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None) -> dict:
     """Evolve (or resume) in `run_dir`; stop after `stop_after` training segments of this call
     (tests of resume). Returns {'generations' (done in this call), 'best' (best.json's content)}."""
-    with RunFolder.open(run_dir, cfg, "evo") as folder:
-        return _Loop(build_evolution(folder.cfg), folder.path, folder.cfg, stop_after).run()
+    folder = distributed.on_writer(lambda: RunFolder.open(run_dir, cfg, "evo"))
+    try:
+        run_cfg = folder.cfg if folder is not None else located(cfg, Path(run_dir))
+        return _Loop(build_evolution(run_cfg), Path(run_dir), run_cfg, stop_after).run()
+    finally:
+        if folder is not None:
+            folder.close()
 
 
 class _Stop(Exception):
@@ -144,6 +156,7 @@ class _Loop:
         self.cfg = evo.cfg
         self.user_cfg = user_cfg
         self.segments_done = 0
+        self.writer = distributed.is_writer()
         self.pop = int(self.cfg.evo.population_size)
         self.n_gen = int(self.cfg.evo.num_generations)
         try:
@@ -168,13 +181,9 @@ class _Loop:
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        state = self.evo.strategy.init(jax.random.fold_in(self.key, 10**6))
-        found = checkpoint.restore_newest(self.dir / "evolution", {"state": state})
-        g0 = 0
-        if found is not None:
-            state, g0 = found[0]["state"], found[1]
-        self._truncate_records(g0)
-        if g0 >= self.n_gen:
+        state, g0 = self._restore_evolution()
+        distributed.on_writer(lambda: self._truncate_records(g0))
+        if g0 >= self.n_gen and self.writer:
             print(f"[evo] finished: {g0} generations (raise evo.num_generations to extend)")
         done = 0
         try:
@@ -183,13 +192,27 @@ class _Loop:
                 done += 1
         except _Stop:
             pass
-        best = json.loads((self.dir / "best" / "best.json").read_text()) if (self.dir / "best" / "best.json").exists() else None
-        if done or g0 >= self.n_gen:
+        best = distributed.on_writer(lambda: self._finish(done or g0 >= self.n_gen))
+        print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
+        return {"generations": done, "best": best, "state": state}
+
+    def _restore_evolution(self) -> tuple[EvoState, int]:
+        """(strategy state, generations done) from `evolution/`: read by process 0, shared."""
+        state = self.evo.strategy.init(jax.random.fold_in(self.key, 10**6))
+        found = distributed.on_writer(lambda: checkpoint.restore_newest(self.dir / "evolution", {"state": state}))
+        head = distributed.share(np.array([found is not None, found[1] if found else 0], np.int32))
+        if not head[0]:
+            return state, 0
+        return distributed.share(found[0]["state"] if self.writer else state), int(head[1])
+
+    def _finish(self, plot: bool) -> dict | None:
+        path = self.dir / "best" / "best.json"
+        best = json.loads(path.read_text()) if path.exists() else None
+        if plot:
             from aci_jax.evo.plots import plot_run
 
             plot_run(self.dir)
-        print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
-        return {"generations": done, "best": best, "state": state}
+        return best
 
     def _generation(self, g: int, state: EvoState) -> EvoState:
         k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g))
@@ -213,10 +236,15 @@ class _Loop:
             floor = min(floor, float(np.min(fitness[trained])) - 1.0)
         fitness[~trained] = floor
         state, tm = self.tell(k_tell, raw, jnp.asarray(fitness, jnp.float32), asked)
-        self._record(g, raw, eyes, ok_np, np.asarray(bad), seeds, res, fitness, trained, tm, time.perf_counter() - t_gen)
-        self._keep_best(g, eyes, seeds, fitness, trained, res, best_params)
-        checkpoint.save(checkpoint.manager(self.dir / "evolution", 2), g + 1, {"state": state})
-        shutil.rmtree(self.dir / "generation", ignore_errors=True)
+        wall = time.perf_counter() - t_gen
+
+        def write():
+            self._record(g, raw, eyes, ok_np, np.asarray(bad), seeds, res, fitness, trained, tm, wall)
+            self._keep_best(g, eyes, seeds, fitness, trained, res, best_params)
+            checkpoint.save(checkpoint.manager(self.dir / "evolution", 2), g + 1, {"state": jax.device_get(state)})
+            shutil.rmtree(self.dir / "generation", ignore_errors=True)
+
+        distributed.on_writer(write)
         return state
 
     # -- training ----------------------------------------------------------------------------------
@@ -256,18 +284,18 @@ class _Loop:
                     raise _Stop
                 t = time.perf_counter()
                 member, metrics = self.segment[lengths[s]](member)
-                metrics = jax.device_get(metrics)
+                metrics = self.devices.get(metrics)
                 dt = time.perf_counter() - t
                 self.segments_done += 1
                 steps = lengths[s] * self.evo.trainer.ppo.batch_size * len(pad)
                 self.steps_run += steps
-                append_jsonl(self.dir / "training.jsonl", {
-                    "generation": g, "sub_batch": b, "segment": s + 1, "individuals": [int(i) for i in members_idx],
-                    **{k: [_num(v) for v in np.asarray(metrics[k])[:size]] for k in metrics}})
-                self._progress(g, b, len(batches), s + 1, len(lengths), size, steps / dt)
+                row = {"generation": g, "sub_batch": b, "segment": s + 1, "individuals": [int(i) for i in members_idx],
+                       **{k: [_num(v) for v in np.asarray(metrics[k])[:size]] for k in metrics}}
+                distributed.on_writer(lambda: (append_jsonl(self.dir / "training.jsonl", row), self._progress(
+                    g, b, len(batches), s + 1, len(lengths), size, steps / dt)))
                 if (s + 1) % int(self.cfg.evo.checkpoint_every) == 0 and s + 1 < len(lengths):
                     self._save_generation(g, b, s + 1, member, res, gen_best)
-            m = jax.device_get(member)
+            m = self.devices.get(member)
             for j, i in enumerate(members_idx):
                 res["fitness"][i] = float(m.best_fitness[j]) if np.isfinite(m.best_fitness[j]) else np.nan
                 res["eval_success"][i] = float(m.best_success[j])
@@ -284,6 +312,10 @@ class _Loop:
         return res, gen_best
 
     def _save_generation(self, g, b, s, member, res, gen_best) -> None:
+        member = None if member is None else self.devices.get(member)  # every process: a collective
+        distributed.on_writer(lambda: self._write_generation(g, b, s, member, res, gen_best))
+
+    def _write_generation(self, g, b, s, member, res, gen_best) -> None:
         state = {"meta": np.array([g, b, s], np.int64), "member": member,
                  "res": {k: np.asarray(v, np.float64) for k, v in res.items()},
                  "gen_best": {"fitness": np.array(gen_best["fitness"], np.float64),
@@ -298,6 +330,33 @@ class _Loop:
              "has_best": gen_best["params"] is not None, "sub_batch": self.sub}))
 
     def _restore_generation(self, g: int) -> dict | None:
+        """Generation g's checkpoint (`generation/`), read by process 0 and shared; None: none."""
+        meta = distributed.on_writer(lambda: self._generation_meta(g))
+        head = distributed.share(np.array([meta is not None, bool(meta and meta["has_member"]),
+                                           bool(meta and meta["has_best"])], np.int32))
+        if not head[0]:
+            return None
+        like = self._generation_like(bool(head[1]), bool(head[2]))
+
+        def read():
+            found = checkpoint.restore_newest(self.dir / "generation", like)
+            return found[0] if found is not None and int(found[0]["meta"][0]) == g else None
+
+        st = distributed.on_writer(read)
+        if not distributed.share(np.int32(st is not None)):
+            return None
+        st = distributed.share(st if self.writer else like)
+        gg, b, s = (int(x) for x in st["meta"])
+        res = {k: np.asarray(v) for k, v in st["res"].items()}
+        res["best_step"] = res["best_step"].astype(np.int64)
+        res["env_steps"] = res["env_steps"].astype(np.int64)
+        res["diverged"] = res["diverged"].astype(bool)
+        gb = st["gen_best"]
+        return {"batch": b, "segment": s, "member": st["member"], "res": res,
+                "gen_best": {"fitness": float(gb["fitness"]), "index": int(gb["index"]), "params": gb["params"]}}
+
+    def _generation_meta(self, g: int) -> dict | None:
+        """structure.json of a checkpoint of generation g this run can resume, else None."""
         info = self.dir / "generation" / "structure.json"
         if not info.exists():
             return None
@@ -308,34 +367,24 @@ class _Loop:
             print(f"[evo] the generation checkpoint holds sub-batches of {meta['sub_batch']}, this run trains "
                   f"{self.sub} (evo.devices or evo.sub_batch changed): generation {g + 1} restarts", flush=True)
             return None
-        like_member = None
+        return meta
+
+    def _generation_like(self, has_member: bool, has_best: bool) -> dict:
+        """Zeros shaped as a generation checkpoint (what orbax restores into; what a broadcast fills)."""
         tr = self.evo.trainer
-        if meta["has_member"]:
+        like_member = None
+        if has_member:
             eyes = jax.tree.map(lambda x: jnp.stack([x] * self.sub), self.evo.genome.base)
             like_member = jax.eval_shape(jax.vmap(tr.init), jnp.zeros(self.sub, jnp.int32), eyes)
             like_member = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like_member)
         like_params = None
-        if meta["has_best"]:
+        if has_best:
             p = jax.eval_shape(tr.ppo.init, jax.random.PRNGKey(0), self.evo.genome.base).params
             like_params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), p)
-        like = {"meta": np.zeros(3, np.int64), "member": like_member,
+        return {"meta": np.zeros(3, np.int64), "member": like_member,
                 "res": {k: np.zeros(self.pop, np.float64) for k in ("fitness", "eval_success", "eval_return",
                                                                    "best_step", "env_steps", "diverged")},
                 "gen_best": {"fitness": np.array(0.0), "index": np.array(0), "params": like_params}}
-        found = checkpoint.restore_newest(self.dir / "generation", like)
-        if found is None:
-            return None
-        st = found[0]
-        gg, b, s = (int(x) for x in st["meta"])
-        if gg != g:
-            return None
-        res = {k: np.asarray(v) for k, v in st["res"].items()}
-        res["best_step"] = res["best_step"].astype(np.int64)
-        res["env_steps"] = res["env_steps"].astype(np.int64)
-        res["diverged"] = res["diverged"].astype(bool)
-        gb = st["gen_best"]
-        return {"batch": b, "segment": s, "member": st["member"], "res": res,
-                "gen_best": {"fitness": float(gb["fitness"]), "index": int(gb["index"]), "params": gb["params"]}}
 
     # -- records -----------------------------------------------------------------------------------
 

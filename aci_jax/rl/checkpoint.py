@@ -57,9 +57,18 @@ from aci_jax.runs import naming_errors
 
 
 def manager(directory: Path, max_to_keep: int | None = 3) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    """A manager of `directory`. In a multi-process run (aci_jax.distributed) only process 0 uses
+    managers, on host (numpy) data: orbax is told so, and syncs no other process."""
+    if jax.process_count() == 1:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                     item_handlers=ocp.StandardCheckpointHandler())
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    Path(directory).mkdir(parents=True, exist_ok=True)  # orbax's create=True syncs every process
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False, multiprocessing_options=alone)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_handlers=ocp.StandardCheckpointHandler())
+                                 item_handlers=ocp.StandardCheckpointHandler(multiprocessing_options=alone))
 
 
 def has_steps(directory: Path) -> bool:
