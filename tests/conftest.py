@@ -13,3 +13,27 @@ if os.environ.get("ACI_JAX_TEST_CACHE"):
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
     jax.config.update("jax_compilation_cache_dir", os.environ["ACI_JAX_TEST_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# The one-node Slurm of tests/test_launch.py: started by the first test module that needs it (on any
+# pytest-xdist worker), stopped when the whole session ends, unless it was running before (.ci/run).
+_SLURM = ["bash", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "slurm-local.sh")]
+
+
+def _slurm_running() -> bool:
+    import subprocess
+
+    return subprocess.run([*_SLURM, "status"], capture_output=True).returncode == 0
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or the only process)
+        session.config._slurm_was_running = _slurm_running()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not hasattr(session.config, "workerinput") and not getattr(session.config, "_slurm_was_running", True) \
+            and _slurm_running():
+        import subprocess
+
+        subprocess.run([*_SLURM, "stop"], capture_output=True)

@@ -155,14 +155,13 @@ def _wait(job_id: str, timeout: float = 300, until=None) -> list[dict]:
 def slurm(tmp_path_factory):
     if shutil.which("sbatch") is None:
         pytest.skip("sbatch is not on PATH: no Slurm here (install: bash scripts/slurm-local.sh install)")
-    running = subprocess.run(["bash", "scripts/slurm-local.sh", "status"], cwd=REPO, capture_output=True).returncode == 0
+    # `start` is idempotent; the cluster is stopped at the end of the session (conftest), not here:
+    # test modules on other pytest-xdist workers may still be using it.
     out = subprocess.run(["bash", "scripts/slurm-local.sh", "start"], cwd=REPO, capture_output=True, text=True, check=True)
     before = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = out.stdout.strip().split("=", 1)[1]
     yield
     os.environ.pop("SLURM_CONF") if before is None else os.environ.update(SLURM_CONF=before)
-    if not running:
-        subprocess.run(["bash", "scripts/slurm-local.sh", "stop"], cwd=REPO, check=True)
 
 
 @pytest.fixture(scope="module")
