@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The launcher's tests submit through a real one-node Slurm (tests/test_launch.py starts it, the
+# session stops it): as root with apt, install slurm-wlm and munge once; otherwise those tests skip.
+if [ "$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null && command -v apt-get >/dev/null; then
+  bash scripts/slurm-local.sh install || echo "test.sh: could not install Slurm; the Slurm tests will skip" >&2
+fi
 export JAX_PLATFORMS=cpu
 workers=${ACI_JAX_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
