@@ -26,6 +26,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from aci_jax.config import ConfigError
@@ -257,6 +259,12 @@ def atomic_write(path: Path, text: str) -> None:
             tmp.unlink()
         raise
     os.replace(tmp, path)
+
+
+def json_number(v):
+    """A scalar (Python, numpy or jax) as a JSON value: its Python number, None when not finite."""
+    v = np.asarray(v).item()
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def append_jsonl(path: Path, row: dict) -> None:

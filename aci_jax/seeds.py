@@ -33,7 +33,8 @@ from aci_jax.evo.population import Member, OverDevices, PopulationTrainer, local
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
 from aci_jax.rl.evaluation import write_videos
-from aci_jax.runs import RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
+from aci_jax.viz import save_figure
+from aci_jax.runs import json_number, RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
 
 STATS = ("fitness", "eval_success", "eval_return")
 
@@ -103,7 +104,7 @@ class _Seeds:
                 dt = time.perf_counter() - t
                 done += 1
                 append_jsonl(self.dir / "seeds.jsonl", {"segment": s + 1, "env_steps": int(metrics["env_steps"][0]),
-                                                        **{k: [_num(v) for v in metrics[k]] for k in metrics
+                                                        **{k: [json_number(v) for v in metrics[k]] for k in metrics
                                                            if k != "env_steps"}})
                 checkpoint.save(mngr, s + 1, {"member": member, "segment": np.array(s + 1, np.int64)})
                 steps = lengths[s] * self.trainer.ppo.batch_size * self.size
@@ -121,8 +122,8 @@ class _Seeds:
         return {"seeds": self.n, "summary": summary, "segments": done}
 
     def _finish(self, m: Member) -> dict:
-        rows = [{"seed": int(self.seeds[i]), "fitness": _num(m.best_fitness[i]), "eval_success": _num(m.best_success[i]),
-                 "eval_return": _num(m.best_mean[i]), "best_step": int(m.best_step[i]),
+        rows = [{"seed": int(self.seeds[i]), "fitness": json_number(m.best_fitness[i]), "eval_success": json_number(m.best_success[i]),
+                 "eval_return": json_number(m.best_mean[i]), "best_step": int(m.best_step[i]),
                  "env_steps": int(m.ts.env_steps[i]), "diverged": bool(m.diverged[i])} for i in range(self.n)]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -167,17 +168,7 @@ def plot_seeds(run_dir: Path) -> Path:
             ax.legend()
         ax.set(xlabel="env steps per seed", ylabel=label)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run_dir / "plots" / "seeds.png"
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _num(v):
-    v = float(v)
-    return v if np.isfinite(v) else None
+    return save_figure(fig, run_dir / "plots" / "seeds.png")
 
 
 def _f(v) -> str:

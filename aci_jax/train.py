@@ -30,7 +30,8 @@ from aci_jax.rl.built import Built, build
 from aci_jax.rl.evaluation import summarize, write_videos
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
-from aci_jax.runs import RunError, RunFolder, append_jsonl, atomic_write, command_errors, command_run_dir, read_jsonl, rewrite_jsonl
+from aci_jax.viz import save_figure
+from aci_jax.runs import json_number, RunError, RunFolder, append_jsonl, atomic_write, command_errors, command_run_dir, read_jsonl, rewrite_jsonl
 
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
@@ -46,11 +47,7 @@ def _finite(ts: TrainState, metrics: dict) -> jax.Array:
 
 
 def _jsonable(m: dict) -> dict:
-    out = {}
-    for k, v in m.items():
-        v = np.asarray(v).item()
-        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
-    return out
+    return {k: json_number(v) for k, v in m.items()}
 
 
 class RunLog:
@@ -256,12 +253,7 @@ def plot_learning_curve(run_dir: Path) -> Path:
         ax.set(xlabel="env steps", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = run_dir / "plots" / "learning_curve.png"
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir / "plots" / "learning_curve.png")
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)

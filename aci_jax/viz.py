@@ -15,6 +15,17 @@ from aci_jax.eyes.render import cast_rays
 BIRDSEYE_HEIGHT = 100.0
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Lay out a matplotlib figure, write it to `path` (its folder created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def birdseye(env, data, wall_material, maze: jax.Array, size: int) -> jax.Array:
     """Top-down orthographic view (size, size, 3) of the env's current maze, with object markers."""
     g = env.grids

@@ -46,7 +46,7 @@ from aci_jax.evo.strategy import EvoState, Strategy
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
 from aci_jax.rl.fitness import synthetic_fitness
-from aci_jax.runs import RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
+from aci_jax.runs import json_number, RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
 
 EYE_FIELDS = ("num_eyes", "resolution", "fov", "lat_range", "lon_range")
 
@@ -290,7 +290,7 @@ class _Loop:
                 steps = lengths[s] * self.evo.trainer.ppo.batch_size * len(pad)
                 self.steps_run += steps
                 row = {"generation": g, "sub_batch": b, "segment": s + 1, "individuals": [int(i) for i in members_idx],
-                       **{k: [_num(v) for v in np.asarray(metrics[k])[:size]] for k in metrics}}
+                       **{k: [json_number(v) for v in np.asarray(metrics[k])[:size]] for k in metrics}}
                 distributed.on_writer(lambda: (append_jsonl(self.dir / "training.jsonl", row), self._progress(
                     g, b, len(batches), s + 1, len(lengths), size, steps / dt)))
                 if (s + 1) % int(self.cfg.evo.checkpoint_every) == 0 and s + 1 < len(lengths):
@@ -433,12 +433,12 @@ class _Loop:
         for i in range(self.pop):
             row = {"generation": g, "individual": i, "rank": int(rank[i])}
             row.update({f"raw_{n}": float(raw[i, k]) for k, n in enumerate(genome.names)})
-            row.update({f"gene_{n}": _num(vals[i, k]) for k, n in enumerate(genome.names)})
+            row.update({f"gene_{n}": json_number(vals[i, k]) for k, n in enumerate(genome.names)})
             one = jax.tree.map(lambda x: x[i], e)
             row.update({k: " ".join(f"{v:g}" for v in np.atleast_1d(np.asarray(getattr(one, k)))) for k in EYE_FIELDS})
             row.update(pixels=int(pixels(one)), feasible=bool(ok[i]), reason=genome.reasons(bad[i]),
                        trained=bool(trained[i]), fitness=float(fitness[i]),
-                       eval_success=_num(res["eval_success"][i]), eval_return=_num(res["eval_return"][i]),
+                       eval_success=json_number(res["eval_success"][i]), eval_return=json_number(res["eval_return"][i]),
                        best_step=int(res["best_step"][i]), env_steps=int(res["env_steps"][i]),
                        diverged=bool(res["diverged"][i]), seed=int(seeds[i]))
             rows.append(row)
@@ -450,11 +450,11 @@ class _Loop:
         summary = {"generation": g, "best_fitness": float(fitness[best_i]),
                    "median_fitness": float(np.median(f)) if f.size else None,
                    "mean_fitness": float(np.mean(f)) if f.size else None,
-                   "best_fitness_so_far": float(tm["best_fitness_so_far"]), "sigma": _num(tm["sigma"]),
+                   "best_fitness_so_far": float(tm["best_fitness_so_far"]), "sigma": json_number(tm["sigma"]),
                    "feasible": int(ok.sum()), "trained": int(trained.sum()), "diverged": int(res["diverged"].sum()),
                    "env_steps": int(res["env_steps"].sum()), "wall_s": wall,
                    "env_steps_per_s": float(res["env_steps"].sum() / wall) if wall > 0 else None,
-                   "best": {n: _num(vals[best_i, k]) for k, n in enumerate(genome.names)}}
+                   "best": {n: json_number(vals[best_i, k]) for k, n in enumerate(genome.names)}}
         append_jsonl(self.dir / "generations.jsonl", summary)
         print(f"[evo] generation {g + 1}/{self.n_gen} done: best {summary['best_fitness']:.3f}, median "
               f"{summary['median_fitness'] if summary['median_fitness'] is None else round(summary['median_fitness'], 3)}, "
@@ -470,7 +470,7 @@ class _Loop:
             return
         one = jax.tree.map(lambda x: x[i], eyes)
         info = {"generation": g, "individual": i, "fitness": float(fitness[i]), "seed": int(seeds[i]),
-                "eval_success": _num(res["eval_success"][i]), "eval_return": _num(res["eval_return"][i]),
+                "eval_success": json_number(res["eval_success"][i]), "eval_return": json_number(res["eval_return"][i]),
                 "best_step": int(res["best_step"][i]), "eyes": as_config(one)}
         path.parent.mkdir(exist_ok=True)
         if best_params is not None and best_params["params"] is not None and best_params["index"] == i:
@@ -492,11 +492,6 @@ class _Loop:
                          fps=int(self.cfg.rollout.fps))
         except Exception as e:  # a video is a view, never a reason to lose the run
             print(f"[evo] no video of the best individual: {type(e).__name__}: {e}")
-
-
-def _num(v) -> Any:
-    v = np.asarray(v).item()
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def read_population(path: Path) -> list[dict]:
