@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # The persistent compilation cache is opt-in (ACI_JAX_TEST_CACHE=DIR): twice a CI run aborted inside
 # XLA's executable serialisation when the cache wrote an entry (jax 0.10.2, CPU; not reproducible on
@@ -26,9 +27,20 @@ def _slurm_running() -> bool:
     return subprocess.run([*_SLURM, "status"], capture_output=True).returncode == 0
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
+    """In the controller, before any worker: start the one-node Slurm once when sbatch exists (two
+    workers starting it at once restarted it under each other's jobs); the fixture's start is then a
+    no-op."""
     if not hasattr(session.config, "workerinput"):  # the controller (or the only process)
+        import shutil
+        import subprocess
+
         session.config._slurm_was_running = _slurm_running()
+        if shutil.which("sbatch") and not session.config._slurm_was_running:
+            out = subprocess.run([*_SLURM, "start"], capture_output=True, text=True)
+            if out.returncode == 0 and "=" in out.stdout:
+                os.environ["SLURM_CONF"] = out.stdout.strip().split("=", 1)[1]
 
 
 def pytest_sessionfinish(session, exitstatus):
