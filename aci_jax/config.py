@@ -94,6 +94,9 @@ TRAIN = (
 ROLLOUT = (
     ("n_envs", count()), ("n_steps", count()), ("policy", choice(*POLICIES)), ("video_env", count(0)),
     ("fps", count()), ("view_size", count()),
+    ("apertures", nullable(Rule(lambda v: isinstance(v, (list, tuple, ListConfig)) and len(v) > 0
+                                and all(_is_num(x) and 0 < x <= 1 for x in v), " must be a list of numbers in (0, 1]"),
+                           "one aperture: the eye's own")),
 )
 EVAL = (("params", choice("best", "last")), ("viewer", BOOL))
 ENV = (
@@ -220,6 +223,9 @@ def validate(cfg: DictConfig) -> None:
     if r is not None and r.get("video_env") is not None and r.get("n_envs") is not None and r.video_env >= r.n_envs:
         raise ConfigError(f"rollout.video_env={r.video_env} must be an env of the rollout: valid 0..{r.n_envs - 1} "
                           f"(rollout.n_envs={r.n_envs})")
+    if r is not None and r.get("apertures") and not cfg.env.agents.agent.eyes.get("optics", {}).get("enabled", False):
+        raise ConfigError(f"rollout.apertures={list(r.apertures)} needs the optics eye: "
+                          "env.agents.agent.eyes.optics.enabled=true (e.g. exp=detection_optics)")
     if cfg.get("trainer") is not None:
         _validate_trainer(cfg.trainer, int(cfg.env.n_envs))
     if cfg.get("evo") is not None:

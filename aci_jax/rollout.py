@@ -1,7 +1,8 @@
 """`python -m aci_jax.rollout exp=detection [overrides]`: run a batch of envs with a simple policy.
 
 Prints env-steps/s and writes into the run folder a video of one env (bird's-eye view, third-person
-view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step).
+view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step). With the optics eye,
+`rollout.apertures=[0.05,0.2,1.0]` shows that env's episode through each aperture side by side.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 from aci_jax.config import CONFIG_DIR
 from aci_jax.envs.env import Env, make_env
 from aci_jax.runs import RunFolder, command_errors, command_run_dir
-from aci_jax.viz import birdseye, eye_mosaic, side_by_side, third_person, to_uint8, write_video
+from aci_jax.viz import birdseye, captioned, eye_mosaic, side_by_side, third_person, to_uint8, write_video
 
 
 def nearest_object_policy(env: Env):
@@ -36,6 +37,32 @@ def nearest_object_policy(env: Env):
 
 def random_policy(env: Env):
     return lambda state, key: jax.random.uniform(key, (env.action_size,), minval=-1, maxval=1)
+
+
+class _ApertureViews:
+    """The video env's episode once per aperture (`rollout.apertures`): the same reset key, the
+    same actions (the rollout's policies ignore the eyes) and the same noise draws, so the copies
+    move together and differ only in what the optics eye forms: blur, light and noise side by side."""
+
+    def __init__(self, env: Env, policy, key: jax.Array, apertures):
+        base = env.default_eyes
+        self.apertures = [float(x) for x in apertures]
+        a = jnp.asarray(self.apertures, jnp.float32)
+        eyes = jax.vmap(lambda x: base.replace(optics=base.optics.replace(
+            aperture=jnp.broadcast_to(x, base.optics.aperture.shape))))(a)
+        self.states = jax.jit(jax.vmap(env.reset, in_axes=(None, 0)))(key, eyes)
+        self._step = jax.jit(lambda s, k: jax.vmap(lambda x: env.step(x, policy(x, k)))(s))
+        self._images = jax.jit(jax.vmap(lambda s: env.eye_images(s.obs, s.info["eyes"])))
+
+    def step(self, key: jax.Array) -> None:
+        self.states = self._step(self.states, key)
+
+    def images(self):
+        return self._images(self.states)
+
+
+def _aperture_views(env: Env, policy, key: jax.Array, apertures) -> _ApertureViews | None:
+    return None if not apertures else _ApertureViews(env, policy, key, apertures)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -61,6 +88,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, n))
     keys = jax.random.split(jax.random.PRNGKey(int(cfg.seed) + 1), int(r.n_steps) + 1)
     jax.block_until_ready(step(states, keys[-1]))  # compile outside the timing
+    views = _aperture_views(env, policy, jax.random.split(key, n)[video_env], r.get("apertures"))
 
     e = env.eyes_cfg
     one = lambda s: jax.tree.map(lambda x: x[video_env], s)
@@ -69,15 +97,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     sim_time = 0.0
     for t in range(int(r.n_steps)):
         top, behind, eyes = jax.device_get(frame(one(states)))
-        mosaic = eye_mosaic(eyes, e.num_eyes, e.resolution, cell=int(r.view_size) // max(e.num_eyes[0], 2))
-        frames.append(side_by_side(top, behind, mosaic))
+        seen = [eyes] if views is None else list(jax.device_get(views.images()))
+        mosaics = [eye_mosaic(x, e.num_eyes, e.resolution, cell=int(r.view_size) // max(e.num_eyes[0], 2)) for x in seen]
+        if views is not None:
+            mosaics = [captioned(m, f"aperture {a:g}") for m, a in zip(mosaics, views.apertures)]
+        frames.append(side_by_side(top, behind, *mosaics))
         if t == mosaic_step:
             import imageio.v2 as imageio
 
-            imageio.imwrite(run_dir / "eyes.png", to_uint8(eye_mosaic(eyes, e.num_eyes, e.resolution, cell=128)))
+            big = [eye_mosaic(x, e.num_eyes, e.resolution, cell=128) for x in seen]
+            if views is not None:
+                big = [captioned(m, f"aperture {a:g}") for m, a in zip(big, views.apertures)]
+            imageio.imwrite(run_dir / "eyes.png", to_uint8(side_by_side(*big)))
         t0 = time.perf_counter()
         states = jax.block_until_ready(step(states, keys[t]))
         sim_time += time.perf_counter() - t0
+        if views is not None:
+            views.step(jax.random.split(keys[t], n)[video_env])  # the video env's own action key
         done = np.asarray(states.metrics["episode_done"]) > 0
         returns += float(np.asarray(states.metrics["return"])[done].sum())
         successes += float(np.asarray(states.metrics["success"])[done].sum())

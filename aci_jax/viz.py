@@ -97,6 +97,15 @@ def side_by_side(*images: np.ndarray) -> np.ndarray:
     return np.concatenate(padded, 1)
 
 
+def captioned(img: np.ndarray, text: str, height: int = 16) -> np.ndarray:
+    """`img` (H, W, 3) floats in [0, 1] with a dark strip above it holding `text` (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (img.shape[1], height), (38, 38, 38))
+    ImageDraw.Draw(strip).text((4, 2), text, fill=(230, 230, 230))
+    return np.concatenate([np.asarray(strip, np.float32) / 255.0, np.asarray(img, np.float32)], 0)
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(img), 0, 1) * 255).astype(np.uint8)
 

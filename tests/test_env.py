@@ -170,7 +170,7 @@ def test_stripe_orientation_visible_to_10x10_eye(obj):
     env = aci_jax.make_env(cfg)
     s = jax.jit(env.reset)(jax.random.PRNGKey(0))
     data = s.pipeline_state
-    # Facing +y: the turned adversary's poles point along x, so its stripes show side-on.
+    # Facing +y (the adversary's latitude bands read horizontal from every side).
     qpos = data.qpos.at[:3].set(jnp.array([0.0, 0.0, np.pi / 2]))
     other = "adversary" if obj == "goal" else "goal"
     mocap = data.mocap_pos.at[env.world.objects[obj].mocap].set(jnp.array([0.0, 1.4, 0.2]))

@@ -16,6 +16,7 @@ import aci_jax
 from aci_jax.evo.genome import fold, static_maxima
 from aci_jax.evo.run import evolve, genome_of, individual_config, individual_seed, population_config, read_population
 from aci_jax.rl import checkpoint
+from aci_jax.runs import read_jsonl
 from aci_jax.rl.fitness import TEST_OPTIMUM, fitness
 from aci_jax.evo.population import fitness_of
 from aci_jax.train import train_run
@@ -145,6 +146,9 @@ def test_tiny_evolution_resumes_mid_generation_with_the_same_records(tiny_run, t
     for ra, rb in zip(a, b):
         assert ra["seed"] == rb["seed"] and ra["gene_width"] == rb["gene_width"]
         assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-5, abs=1e-5)
+    # training.jsonl: the rows the checkpoint held are kept, none lost or repeated
+    seg = lambda p: [(r["generation"], r["sub_batch"], r["segment"], r["individuals"]) for r in read_jsonl(p)]
+    assert seg(tmp_path / "training.jsonl") == seg(d / "training.jsonl")
 
 
 def test_population_split_over_two_devices_gives_the_same_records(tiny_run, tmp_path):

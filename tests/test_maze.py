@@ -82,9 +82,34 @@ def test_several_mazes_side_by_side():
     assert (a.cell_geom.max() >= 0) and (b.cell_geom.max() >= 0)
 
 
-def test_markers_in_group_2_and_stripes_turned_for_adversary():
+def test_markers_in_group_2_and_stripes_turned_for_aci_adversary():
     world = build_world(C.env_config(C.load_config("detection")))
     m = world.model
     assert m.geom("goal_marker").group[0] == 2 and m.geom("adversary_marker").group[0] == 2
     np.testing.assert_allclose(m.geom("goal").quat, [1, 0, 0, 0])
-    np.testing.assert_allclose(m.geom("adversary").quat, [np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0], atol=1e-6)
+    np.testing.assert_allclose(m.geom("adversary").quat, [1, 0, 0, 0])  # upright latitude bands
+    aci = build_world(C.env_config(C.load_config("detection_aci"))).model
+    np.testing.assert_allclose(aci.geom("adversary").quat, [np.cos(np.pi / 4), 0, np.sin(np.pi / 4), 0], atol=1e-6)
+
+
+def _user_maze_overrides(folder):
+    return [f"hydra.searchpath=[file://{folder}]", "~env.mazes.OPEN", "+maze@env.mazes.CORRIDOR=CORRIDOR"]
+
+
+def test_user_maze_outside_configs(tmp_path):
+    """A map file in the user's own folder (README's example, examples/mazes/) composes through
+    hydra.searchpath, builds a world with its cells and groups, and gets the built-in maps'
+    validation: a bad cell is a ConfigError naming the maze's key."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mazes"
+    cfg = C.load_config("detection", _user_maze_overrides(example))
+    world = build_world(C.env_config(cfg))
+    (mi,) = world.mazes
+    assert mi.maze.name == "CORRIDOR" and mi.maze.shape == (4, 7)
+    assert sorted(mi.maze.reset_cells["O"]) == [(1, 5), (2, 5)]
+    (tmp_path / "maze").mkdir()
+    text = (example / "maze" / "CORRIDOR.yaml").read_text().replace("[1, R, 0, 0, 0, R:O, 1],", "[1, R, 0, 0, 0, Q, 1],", 1)
+    (tmp_path / "maze" / "CORRIDOR.yaml").write_text(text)
+    with pytest.raises(C.ConfigError, match=r"env\.mazes\.CORRIDOR: .*unknown cell 'Q'"):
+        C.load_config("detection", _user_maze_overrides(tmp_path))

@@ -285,3 +285,25 @@ def test_pinhole_blurs_the_goal_stripes(optics_env):
         red = (img[..., 0] - img[..., 2]) / aperture ** 2
         contrast[name] = np.abs(np.diff(red, axis=1)).mean()
     assert contrast["pinhole"] < 0.7 * contrast["lens"] and contrast["pinhole"] < 0.7 * contrast["small pinhole"]
+
+
+def test_rollout_aperture_views_move_together_and_differ_in_light(optics_env):
+    """`rollout.apertures`: one episode per aperture, the same motion as the rollout's video env
+    (same reset key and action keys), images dimmer through smaller apertures."""
+    from aci_jax.rollout import _ApertureViews, random_policy
+
+    env, reset, step = optics_env
+    policy = random_policy(env)
+    key = jax.random.PRNGKey(3)
+    views = _ApertureViews(env, policy, key, [0.1, 1.0])
+    assert views.apertures == [0.1, 1.0]
+    alone = reset(key)
+    for t in range(3):
+        k = jax.random.PRNGKey(10 + t)
+        alone = step(alone, policy(alone, k))
+        views.step(k)
+    qpos = np.asarray(views.states.pipeline_state.qpos)
+    np.testing.assert_allclose(qpos[0], qpos[1], atol=1e-6)
+    np.testing.assert_allclose(qpos[0], np.asarray(alone.pipeline_state.qpos), atol=1e-5)
+    img = np.asarray(views.images())
+    assert img.shape[0] == 2 and img[1].mean() > 10 * max(img[0].mean(), 1e-4)

@@ -25,6 +25,7 @@ WORLDS = {
     "COMPLEX_LARGE": ("navigation", [], True),
     "STRAIGHT": ("navigation", ["~env.mazes.COMPLEX", "+maze@env.mazes.STRAIGHT=STRAIGHT"], False),
     "COMPLEX+STRAIGHT": ("navigation", ["+maze@env.mazes.STRAIGHT=STRAIGHT"], False),  # padding
+    "OPEN_ACI": ("detection", ["agent@env.agents.adversary=adversary_aci"], False),
 }
 
 
@@ -123,27 +124,39 @@ def test_matches_mj_ray(worlds, name):
     assert (geom >= 0).mean() > 0.5 and np.isin(geom, world.wall_geoms).any()
 
 
-def _sphere_image(world, name, n=9):
-    """An n×n ray grid at an object sphere 2 m away along +y (rows: z, columns: x)."""
+def _sphere_image(world, name, n=9, azimuth=90.0):
+    """An n×n ray grid at an object sphere 2 m away, seen looking along the horizontal direction at
+    `azimuth` degrees from +x (default +y; rows: z, columns: across)."""
     o = world.objects[name]
     d = _data(world, **{name: [0.0, 0.0, o.radius]})
     s = np.linspace(-0.3, 0.3, n) * o.radius
-    zz, xx = np.meshgrid(s, s, indexing="ij")
-    target = np.stack([xx, np.zeros_like(xx), zz + o.radius], -1).reshape(-1, 3)
-    eye = np.array([0.0, -2.0, o.radius])
+    zz, aa = np.meshgrid(s, s, indexing="ij")
+    a = np.deg2rad(azimuth)
+    look, across = np.array([np.cos(a), np.sin(a), 0.0]), np.array([np.sin(a), -np.cos(a), 0.0])
+    target = (aa[..., None] * across + zz[..., None] * [0, 0, 1] + [0, 0, o.radius]).reshape(-1, 3)
+    eye = np.array([0.0, 0.0, o.radius]) - 2.0 * look
     v = (target - eye) / np.linalg.norm(target - eye, axis=-1, keepdims=True)
     rgb, _, geom = _cast(make_render_scene(world), d, np.broadcast_to(eye, v.shape), v)
     assert np.all(np.asarray(geom) == o.geom)
     return np.asarray(rgb).reshape(n, n, 3)
 
 
-def test_stripe_orientation(worlds):
-    """Upright goal: vertical stripes (colour changes across columns); turned adversary: rows."""
+@pytest.mark.parametrize("azimuth", [0.0, 45.0, 90.0, 180.0, 270.0])
+def test_stripe_orientation(worlds, azimuth):
+    """From every horizontal direction: the upright goal shows vertical stripes (colour changes
+    across columns), the default adversary's latitude bands read horizontal (across rows). ACI's
+    turned adversary reads horizontal side-on (±y) but not along its poles (±x), where its meridians
+    radiate from the pole (a wide, short eye such as detection's 45°×10° sees them vertical)."""
     var = lambda img, ax: np.abs(np.diff(img, axis=ax)).sum()
-    goal = _sphere_image(worlds["OPEN"], "goal")
-    adv = _sphere_image(worlds["OPEN"], "adversary")
+    goal = _sphere_image(worlds["OPEN"], "goal", azimuth=azimuth)
+    adv = _sphere_image(worlds["OPEN"], "adversary", azimuth=azimuth)
     assert var(goal, 1) > 5 * var(goal, 0)
     assert var(adv, 0) > 5 * var(adv, 1)
+    aci = _sphere_image(worlds["OPEN_ACI"], "adversary", azimuth=azimuth)
+    if azimuth in (90.0, 270.0):
+        assert var(aci, 0) > 5 * var(aci, 1)
+    elif azimuth in (0.0, 180.0):
+        assert var(aci, 1) > 0.5 * var(aci, 0)
 
 
 def test_hidden_groups_background_exclude(worlds):

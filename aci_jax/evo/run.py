@@ -407,11 +407,17 @@ class _Loop:
         return self._g0
 
     def _truncate_records(self, g0: int) -> None:
-        """Drop rows of generations >= g0 (written by a killed run after its last checkpoint)."""
-        for name in ("generations.jsonl", "training.jsonl"):
+        """Drop rows written by a killed run after its last checkpoint: of generations >= g0, except
+        the training rows of generation g0 its mid-generation checkpoint (if any) already holds."""
+        meta = self._generation_meta(g0)
+        held = (meta["batch"], meta["segment"]) if meta is not None else (-1, 0)
+        kept = {"generations.jsonl": lambda r: r["generation"] < g0,
+                "training.jsonl": lambda r: r["generation"] < g0 or (
+                    r["generation"] == g0 and (r["sub_batch"], r["segment"]) <= held)}
+        for name, keeps in kept.items():
             p = self.dir / name
             rows = read_jsonl(p)
-            keep = [r for r in rows if r["generation"] < g0]
+            keep = [r for r in rows if keeps(r)]
             if len(keep) != len(rows) or (p.exists() and p.stat().st_size and not p.read_text().endswith("\n")):
                 rewrite_jsonl(p, keep)
         p = self.dir / "population.csv"
