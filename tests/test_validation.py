@@ -58,6 +58,8 @@ BAD = [  # (overrides, the key the error must name)
     (["rollout.video_env=5", "rollout.n_envs=2"], "rollout.video_env=5"),
     (["rollout.fps=0"], "rollout.fps=0"),
     (["rollout.view_size=0"], "rollout.view_size=0"),
+    (["rollout.apertures=[0]"], "rollout.apertures=[0]"),
+    (["rollout.apertures=[0.5]"], "rollout.apertures=[0.5] needs the optics eye"),
     # eval
     (["eval.params=worst"], "eval.params='worst'"),
     (["eval.viewer=sometimes"], "eval.viewer='sometimes'"),
