@@ -307,3 +307,18 @@ def test_rollout_aperture_views_move_together_and_differ_in_light(optics_env):
     np.testing.assert_allclose(qpos[0], np.asarray(alone.pipeline_state.qpos), atol=1e-5)
     img = np.asarray(views.images())
     assert img.shape[0] == 2 and img[1].mean() > 10 * max(img[0].mean(), 1e-4)
+
+
+def test_a_blur_wider_than_psf_size_warns_with_the_size_that_holds_it():
+    """A pinhole of aperture 1 blurs ~6 × 30 pixels of the detection eye: psf_size 7 cuts it, and
+    building the env says so, naming the key and the size that holds it; the exp's 0.2 fits."""
+    from aci_jax.eyes.optics import blur_pixels, psf_window_warning
+
+    cfg = aci_jax.load_config("detection_optics", ["env.agents.agent.eyes.optics.aperture=1.0"])
+    with pytest.warns(UserWarning, match=r"psf_size is 7.*env\.agents\.agent\.eyes\.optics\.psf_size=31"):
+        env = aci_jax.make_env(cfg)
+    e = env.default_eyes
+    px = blur_pixels(e.optics, env.optics, e.fov, e.resolution)
+    assert 5.5 < px[0] < 7 and 28 < px[1] < 31  # ≈ the 5 mm hole over 4.5° columns and 1° rows
+    assert psf_window_warning(_individual(env, 0.2, 0.0).optics, env.optics, e.fov, e.resolution) is None
+    assert psf_window_warning(_individual(env, 1.0, 1.0).optics, env.optics, e.fov, e.resolution) is None  # a lens: sharp

@@ -21,6 +21,7 @@ buffer layout (config validation rejects it with `env.render.max_pixels`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +106,11 @@ class Env:
         self.default_eyes = EyeParams.from_config(self.eyes_cfg)
         self.buffer: EyeBuffer = static_buffer(self.eyes_cfg, env_cfg.render)
         self.optics: optics_lib.OpticsConfig | None = optics_config(self.eyes_cfg)
+        if self.optics is not None:
+            e = self.default_eyes
+            msg = optics_lib.psf_window_warning(e.optics, self.optics, e.fov, e.resolution)
+            if msg:
+                warnings.warn(msg, stacklevel=2)
         self.eye_names = self.buffer.names(tuple(self.eyes_cfg.num_eyes))
         # The observation's image keys: one per eye slot, or the packed layout's one `pixels`.
         self.image_keys = ("pixels",) if self.buffer.packed else tuple(self.eye_names)

@@ -250,6 +250,27 @@ def pixel_pitch(cfg: OpticsConfig, fov: jax.Array, resolution: jax.Array) -> jax
     return size / resolution.astype(jnp.float32)
 
 
+def blur_pixels(p: OpticsParams, cfg: OpticsConfig, fov, resolution) -> np.ndarray:
+    """(2,) widest geometric blur (diameter, in pixels: columns, rows) over the configured depths,
+    for one eye. A PSF wider than `psf_size` pixels is cut to that window (and renormalised): the
+    image comes out sharper than the aperture makes it."""
+    F = max(float(footprint(p, cfg, jnp.float32(z))) for z in cfg.inverse_depths)
+    return 2 * F / np.asarray(pixel_pitch(cfg, jnp.asarray(fov, jnp.float32), jnp.asarray(resolution)))
+
+
+def psf_window_warning(p: OpticsParams, cfg: OpticsConfig, fov, resolution) -> str | None:
+    """A message when this eye's blur does not fit in `psf_size`, else None."""
+    px = blur_pixels(p, cfg, fov, resolution)
+    if px.max() <= cfg.psf_size:
+        return None
+    need = int(np.ceil(px.max())) | 1
+    return (f"optics: the blur of aperture {float(p.aperture):g} (lens {float(p.lens):g}) spans "
+            f"{px[0]:.1f} × {px[1]:.1f} pixels (columns × rows) but psf_size is {cfg.psf_size}: the PSF is "
+            f"cut to {cfg.psf_size} pixels and the image comes out sharper than the aperture makes it; "
+            f"env.agents.agent.eyes.optics.psf_size={need} holds it (more rays: a margin of {need // 2} "
+            f"pixels on each side)")
+
+
 def eye_psfs(p: OpticsParams, cfg: OpticsConfig, fov: jax.Array, resolution: jax.Array,
              supersample: int) -> jax.Array:
     """(n_depths, 3, K, K) PSFs on the eye's sub-pixel grid, depths in `inverse_depths` order."""
