@@ -8,6 +8,7 @@ view and the agent's eye mosaic) and `eyes.png` (the eye mosaic at one step). Wi
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from aci_jax.config import CONFIG_DIR
 from aci_jax.envs.env import Env, make_env
+from aci_jax.eyes.optics import psf_window_warning
 from aci_jax.runs import RunFolder, command_errors, command_run_dir
 from aci_jax.viz import birdseye, captioned, eye_mosaic, side_by_side, third_person, to_uint8, write_video
 
@@ -50,6 +52,11 @@ class _ApertureViews:
         a = jnp.asarray(self.apertures, jnp.float32)
         eyes = jax.vmap(lambda x: base.replace(optics=base.optics.replace(
             aperture=jnp.broadcast_to(x, base.optics.aperture.shape))))(a)
+        for i in range(len(self.apertures)):  # a blur wider than psf_size is cut: say so
+            one = jax.tree.map(lambda x: x[i], eyes)
+            msg = psf_window_warning(one.optics, env.optics, one.fov, one.resolution)
+            if msg:
+                warnings.warn(msg, stacklevel=2)
         self.states = jax.jit(jax.vmap(env.reset, in_axes=(None, 0)))(key, eyes)
         self._step = jax.jit(lambda s, k: jax.vmap(lambda x: env.step(x, policy(x, k)))(s))
         self._images = jax.jit(jax.vmap(lambda s: env.eye_images(s.obs, s.info["eyes"])))

@@ -6,7 +6,10 @@ each twice: first the blur alone (no noise, brightened by 1/a² to undo the aper
 then as the agent gets it (a² of the full pupil's light, plus `exp=detection_optics`'s sensor
 noise, std 0.01). Eye pixels are drawn square (the detection eye's are 4.5° wide and 1° tall).
 
-    python benchmarks/optics_views.py [exp overrides, e.g. env.agents.agent.eyes.resolution=[20,20]]
+    python benchmarks/optics_views.py env.agents.agent.eyes.optics.psf_size=31 [more exp overrides]
+
+(`psf_size=31` holds the blur of the pinhole of aperture 1, 6 × 30 pixels of this eye; with the exp's 7
+the pinholes of 0.5 and 1 are cut to 7 pixels and come out far too sharp: building the env warns.)
 """
 
 from __future__ import annotations

@@ -295,7 +295,8 @@ def test_rollout_aperture_views_move_together_and_differ_in_light(optics_env):
     env, reset, step = optics_env
     policy = random_policy(env)
     key = jax.random.PRNGKey(3)
-    views = _ApertureViews(env, policy, key, [0.1, 1.0])
+    with pytest.warns(UserWarning, match="aperture 1 .*psf_size"):  # the pinhole of 1 blurs past psf_size 7
+        views = _ApertureViews(env, policy, key, [0.1, 1.0])
     assert views.apertures == [0.1, 1.0]
     alone = reset(key)
     for t in range(3):
