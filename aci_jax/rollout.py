@@ -49,14 +49,12 @@ class _ApertureViews:
     def __init__(self, env: Env, policy, key: jax.Array, apertures):
         base = env.default_eyes
         self.apertures = [float(x) for x in apertures]
-        a = jnp.asarray(self.apertures, jnp.float32)
-        eyes = jax.vmap(lambda x: base.replace(optics=base.optics.replace(
-            aperture=jnp.broadcast_to(x, base.optics.aperture.shape))))(a)
-        for i in range(len(self.apertures)):  # a blur wider than psf_size is cut: say so
-            one = jax.tree.map(lambda x: x[i], eyes)
-            msg = psf_window_warning(one.optics, env.optics, one.fov, one.resolution)
+        through = lambda a: base.replace(optics=base.optics.replace(aperture=jnp.full_like(base.optics.aperture, a)))
+        for a in self.apertures:  # a blur wider than psf_size is cut: say so
+            msg = psf_window_warning(through(a).optics, env.optics, base.fov, base.resolution)
             if msg:
                 warnings.warn(msg, stacklevel=2)
+        eyes = jax.tree.map(lambda *x: jnp.stack(x), *[through(a) for a in self.apertures])
         self.states = jax.jit(jax.vmap(env.reset, in_axes=(None, 0)))(key, eyes)
         self._step = jax.jit(lambda s, k: jax.vmap(lambda x: env.step(x, policy(x, k)))(s))
         self._images = jax.jit(jax.vmap(lambda s: env.eye_images(s.obs, s.info["eyes"])))
@@ -66,10 +64,6 @@ class _ApertureViews:
 
     def images(self):
         return self._images(self.states)
-
-
-def _aperture_views(env: Env, policy, key: jax.Array, apertures) -> _ApertureViews | None:
-    return None if not apertures else _ApertureViews(env, policy, key, apertures)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -95,9 +89,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key, n))
     keys = jax.random.split(jax.random.PRNGKey(int(cfg.seed) + 1), int(r.n_steps) + 1)
     jax.block_until_ready(step(states, keys[-1]))  # compile outside the timing
-    views = _aperture_views(env, policy, jax.random.split(key, n)[video_env], r.get("apertures"))
-
     e = env.eyes_cfg
+    apertures = r.get("apertures")
+    views = _ApertureViews(env, policy, jax.random.split(key, n)[video_env], apertures) if apertures else None
+
+    def mosaics(images, cell: int) -> list:
+        tiles = [eye_mosaic(x, e.num_eyes, e.resolution, cell=cell) for x in images]
+        return tiles if views is None else [captioned(m, f"aperture {a:g}") for m, a in zip(tiles, views.apertures)]
+
     one = lambda s: jax.tree.map(lambda x: x[video_env], s)
     frames, returns, successes, episodes = [], 0.0, 0.0, 0.0
     mosaic_step = int(r.n_steps) // 2
@@ -105,17 +104,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     for t in range(int(r.n_steps)):
         top, behind, eyes = jax.device_get(frame(one(states)))
         seen = [eyes] if views is None else list(jax.device_get(views.images()))
-        mosaics = [eye_mosaic(x, e.num_eyes, e.resolution, cell=int(r.view_size) // max(e.num_eyes[0], 2)) for x in seen]
-        if views is not None:
-            mosaics = [captioned(m, f"aperture {a:g}") for m, a in zip(mosaics, views.apertures)]
-        frames.append(side_by_side(top, behind, *mosaics))
+        frames.append(side_by_side(top, behind, *mosaics(seen, int(r.view_size) // max(e.num_eyes[0], 2))))
         if t == mosaic_step:
             import imageio.v2 as imageio
 
-            big = [eye_mosaic(x, e.num_eyes, e.resolution, cell=128) for x in seen]
-            if views is not None:
-                big = [captioned(m, f"aperture {a:g}") for m, a in zip(big, views.apertures)]
-            imageio.imwrite(run_dir / "eyes.png", to_uint8(side_by_side(*big)))
+            imageio.imwrite(run_dir / "eyes.png", to_uint8(side_by_side(*mosaics(seen, 128))))
         t0 = time.perf_counter()
         states = jax.block_until_ready(step(states, keys[t]))
         sim_time += time.perf_counter() - t0

@@ -104,9 +104,9 @@ class RunFolder:
             run = cls._check_kind(path, kind)
             resumed = (path / "config.yaml").is_file()
             changed = False
-            cfg = _located(cfg, path)
+            cfg = located(cfg, path)
             if resumed:
-                saved = _located(OmegaConf.load(path / "config.yaml"), path)
+                saved = located(OmegaConf.load(path / "config.yaml"), path)
                 cfg = _agree(saved, cfg, path)
                 changed = any(not _under(k, OPERATIONAL) for k in config_changes(saved, cfg))
             folder = cls(path, cfg, kind, fd, resumed)
@@ -160,19 +160,15 @@ class RunFolder:
 
 
 def located(cfg: DictConfig, path: str | Path) -> DictConfig:
-    """The config a run of `cfg` in `path` has once opened (`RunFolder.open(...).cfg` of an agreeing
-    config): what the processes of a multi-process run that do not open the folder use."""
-    return _located(cfg, Path(path))
-
-
-def _located(cfg: DictConfig, path: Path) -> DictConfig:
     """A copy of `cfg` whose `run_dir` is the folder it runs in (not the default
-    `runs/${expname}/${now:...}`, which resolves only under Hydra and to another folder each time)."""
+    `runs/${expname}/${now:...}`, which resolves only under Hydra and to another folder each time):
+    `RunFolder.open(...).cfg`, and what the processes of a multi-process run that do not open the
+    folder use."""
     if "run_dir" not in cfg:
         return cfg
     cfg = cfg.copy()
     with read_write(cfg):
-        cfg.run_dir = str(path.absolute())
+        cfg.run_dir = str(Path(path).absolute())
     return cfg
 
 
