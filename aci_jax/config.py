@@ -89,7 +89,7 @@ NETWORK = (  # encoder choices: aci_jax.rl.networks.ENCODERS (a test checks they
 TRAIN = (
     ("checkpoint_every", count()), ("max_to_keep", count()), ("eval_every", count(0)),
     ("eval_envs", nullable(count(), "env.n_envs")), ("early_stop", nullable(count(), "no early stop")),
-    ("seeds", count()),
+    ("seeds", count()), ("final_eval_envs", count(0)),
 )
 ROLLOUT = (
     ("n_envs", count()), ("n_steps", count()), ("policy", choice(*POLICIES)), ("video_env", count(0)),
@@ -130,6 +130,7 @@ EVO = (  # strategies: aci_jax.evo.strategy.STRATEGIES (checked when the strateg
     ("infeasible", choice("resample", "penalty")), ("max_resamples", count(0)), ("penalty_fitness", number()),
     ("sub_batch", nullable(count(), "the whole population")), ("checkpoint_every", count()),
     ("devices", Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), " must be 'all' or a positive int")),
+    ("fitness", choice("final", "selection")),
 )
 
 
@@ -236,6 +237,11 @@ def _validate_evo(cfg: DictConfig) -> None:
     """The evo section: its numbers, then the genes, initial condition, constraints and strategy
     (ConfigError naming the gene, field or constraint)."""
     check(cfg.evo, "evo", EVO)
+    if cfg.evo.get("fitness", "final") == "final" and cfg.get("train") is not None \
+            and int(cfg.train.get("final_eval_envs") or 0) == 0:
+        raise ConfigError("evo.fitness=final tells the strategy the final evaluation's fitness, and "
+                          "train.final_eval_envs=0 turns it off: set train.final_eval_envs > 0 (e.g. 128) "
+                          "or evo.fitness=selection")
     from aci_jax.evo.genome import genome_from_config  # late: imports jax
     from aci_jax.evo.strategy import Strategy
 

@@ -43,7 +43,7 @@ EXTENDABLE = ("trainer.total_timesteps", "evo.num_generations")
 # Keys that say where or how a run is driven, not what it computes: free to change on resume.
 OPERATIONAL = ("run_dir", "allow_changes", "eval", "rollout", "hydra", "train.checkpoint_every",
                "train.max_to_keep", "evo.checkpoint_every", "evo.sub_batch")
-KINDS = ("train", "seeds", "evo", "rollout")
+KINDS = ("train", "seeds", "evo", "rollout", "landscape")
 
 
 class RunError(RuntimeError):

@@ -8,8 +8,8 @@ so rerunning the command resumes where a killed run stopped.
 
 Run folder (kind `seeds`): `config.yaml`, `seeds.jsonl` (per segment: env steps and every seed's
 training and evaluation figures), `checkpoints/` (the population's state after every segment), and
-at the end `seeds.csv` (per seed: fitness, evaluation success and return of its best evaluation, the
-step of that evaluation), `summary.json` (mean, median, std, min, max over seeds of each),
+at the end `seeds.csv` (per seed: fitness, success and mean return of its best parameters' final
+evaluation on fresh episodes, `selection_*` of the periodic evaluation that chose them, its step), `summary.json` (mean, median, std, min, max over seeds of each),
 `plots/seeds.png` (every seed's evaluation success and return against env steps, with the median),
 `best/` (every seed's best parameters, stacked) and `videos/` (the median-fitness seed's best
 evaluation).
@@ -32,11 +32,14 @@ from aci_jax.config import ConfigError
 from aci_jax.evo.population import Member, OverDevices, PopulationTrainer, local_devices
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
-from aci_jax.rl.evaluation import write_videos
+from aci_jax.rl.evaluation import selection_key, write_videos
 from aci_jax.viz import save_figure
 from aci_jax.runs import json_number, RunFolder, append_jsonl, atomic_write, read_jsonl, rewrite_jsonl
 
-STATS = ("fitness", "eval_success", "eval_return")
+# fitness, success, mean_return: the final evaluation on fresh episodes (train.final_eval_envs; the
+# selection evaluation's when that is 0); selection_*: the best periodic evaluation, picked on its own
+# episodes
+STATS = ("fitness", "success", "mean_return", "selection_fitness", "selection_success", "selection_return")
 
 
 def spread(values) -> dict:
@@ -69,11 +72,12 @@ class _Seeds:
         self.b = build(cfg)
         t = cfg.train
         self.trainer = PopulationTrainer(self.b.ppo, self.b.eval_env, int(t.get("eval_envs") or cfg.env.n_envs),
-                                         int(t.get("eval_every") or 0), t.get("early_stop"))
+                                         int(t.get("eval_every") or 0), t.get("early_stop"), self.b.final_rounds)
         self.seeds = np.minimum(int(cfg.seed) + np.arange(self.size), int(cfg.seed) + self.n - 1).astype(np.int32)
         self.init = self.devices.program(self.trainer.init)
         lengths = self.trainer.lengths
         self.segment = {n: self.devices.program(lambda m, n=n: self.trainer.segment(m, n)) for n in set(lengths)}
+        self.final = self.devices.program(self.trainer.final) if self.b.final_rounds else None
 
     def _eyes(self):
         return jax.tree.map(lambda x: jnp.stack([x] * self.size), self.b.ppo.env.default_eyes)
@@ -117,20 +121,34 @@ class _Seeds:
                       flush=True)
         finally:
             checkpoint.close(mngr)
-        summary = self._finish(jax.device_get(member))
+        final = None
+        if self.final is not None:
+            t = time.perf_counter()
+            final = {k: np.asarray(v) for k, v in self.devices.get(self.final(member)).items()}
+            print(f"[seeds] final evaluation of each seed's best parameters on fresh episodes: "
+                  f"{time.perf_counter() - t:.1f} s", flush=True)
+        summary = self._finish(jax.device_get(member), final)
         print(f"[seeds] {done} segments in {time.perf_counter() - t0:.1f} s; run folder {self.dir}")
         return {"seeds": self.n, "summary": summary, "segments": done}
 
-    def _finish(self, m: Member) -> dict:
-        rows = [{"seed": int(self.seeds[i]), "fitness": json_number(m.best_fitness[i]), "eval_success": json_number(m.best_success[i]),
-                 "eval_return": json_number(m.best_mean[i]), "best_step": int(m.best_step[i]),
-                 "env_steps": int(m.ts.env_steps[i]), "diverged": bool(m.diverged[i])} for i in range(self.n)]
+    def _finish(self, m: Member, final: dict | None) -> dict:
+        rows = []
+        for i in range(self.n):
+            sel = {"selection_fitness": json_number(m.best_fitness[i]), "selection_success": json_number(m.best_success[i]),
+                   "selection_return": json_number(m.best_mean[i])}
+            rep = ({"fitness": sel["selection_fitness"], "success": sel["selection_success"],
+                    "mean_return": sel["selection_return"]} if final is None else
+                   {"fitness": json_number(final["final_fitness"][i]), "success": json_number(final["final_success"][i]),
+                    "mean_return": json_number(final["final_return"][i])})
+            rows.append({"seed": int(self.seeds[i]), **rep, **sel, "best_step": int(m.best_step[i]),
+                         "env_steps": int(m.ts.env_steps[i]), "diverged": bool(m.diverged[i])})
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
         atomic_write(self.dir / "seeds.csv", buf.getvalue())
-        summary = {"seeds": [r["seed"] for r in rows], **{k: spread([r[k] for r in rows]) for k in STATS}}
+        summary = {"seeds": [r["seed"] for r in rows], "evaluation": "selection" if final is None else "final",
+                   **{k: spread([r[k] for r in rows]) for k in STATS}}
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=1))
         best = jax.tree.map(lambda x: np.asarray(x[:self.n]), m.best_params)
         bm = checkpoint.manager(self.dir / "best", 1)
@@ -141,11 +159,11 @@ class _Seeds:
         i = int(np.argsort(fit)[(self.n - 1) // 2])  # the median seed (the lower one of an even count)
         eyes = self.b.ppo.env.default_eyes
         params = jax.tree.map(lambda x: x[i], best)
-        write_videos(self.b.record(params, eyes, jax.random.PRNGKey(rows[i]["seed"] + 1)), eyes, self.b.eval_env,
+        write_videos(self.b.record(params, eyes, selection_key(rows[i]["seed"])), eyes, self.b.eval_env,
                      self.dir / "videos", f"median_seed_{rows[i]['seed']}", fps=int(self.cfg.rollout.fps))
-        f, s = summary["fitness"], summary["eval_success"]
-        print(f"[seeds] {self.n} seeds: fitness mean {_f(f['mean'])} median {_f(f['median'])} std {_f(f['std'])} "
-              f"[{_f(f['min'])}, {_f(f['max'])}]; eval success mean {_f(s['mean'])} median {_f(s['median'])} "
+        f, s = summary["fitness"], summary["success"]
+        print(f"[seeds] {self.n} seeds, {summary['evaluation']} evaluation: fitness mean {_f(f['mean'])} median {_f(f['median'])} std {_f(f['std'])} "
+              f"[{_f(f['min'])}, {_f(f['max'])}]; success mean {_f(s['mean'])} median {_f(s['median'])} "
               f"std {_f(s['std'])} [{_f(s['min'])}, {_f(s['max'])}]")
         return summary
 

@@ -4,7 +4,7 @@ The run folder (`run_dir`) holds `config.yaml`; `metrics.jsonl` (one line per it
 `evaluations.jsonl` (one line per evaluation on the eval env variant, every `train.eval_every`
 iterations); TensorBoard events in `tb/`; `checkpoints/` (orbax, the whole TrainState every
 `train.checkpoint_every` iterations and at the end) and `best/` (the parameters of the best
-evaluation); and at the end `fitness.json` (the best parameters' evaluation), `plots/` and `videos/`.
+evaluation); and at the end `fitness.json` (the best parameters' final evaluation on fresh episodes, and their selection evaluation), `plots/` and `videos/`.
 Running again with the same `run_dir` resumes from its latest checkpoint. `trainer.mode=test` skips
 training and writes a synthetic fitness of the eyes (for testing evolution).
 """
@@ -27,7 +27,7 @@ from aci_jax.config import CONFIG_DIR, ConfigError, trainable_agents
 from aci_jax.eyes.geometry import EyeParams
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import Built, build
-from aci_jax.rl.evaluation import summarize, write_videos
+from aci_jax.rl.evaluation import selection_key, summarize, write_videos
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.rl.ppo import PPO, TrainState
 from aci_jax.viz import save_figure
@@ -145,7 +145,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> dict:
     n_it, every, eval_every = ppo.n_iterations, max(1, int(t.checkpoint_every)), int(t.get("eval_every") or 0)
     patience = t.get("early_stop")
     stopped = lambda: patience is not None and _since_best(log.rows["eval"])[1] >= int(patience)
-    eval_key = jax.random.PRNGKey(int(cfg.seed) + 1)
+    eval_key = selection_key(int(cfg.seed))
     done, t_first, t0, ok = 0, None, time.perf_counter(), False
     try:
         while int(ts.iteration) < n_it and not stopped() and (stop_after is None or done < stop_after):
@@ -212,16 +212,28 @@ def finish(b: Built, ts: TrainState, cfg: DictConfig, run_dir: Path, best_mngr, 
 
 def write_evaluation(b: Built, params, eyes: EyeParams, cfg: DictConfig, run_dir: Path, step: int,
                      which: str, name: str = "fitness.json") -> dict:
-    """Evaluate `params` (the run's `which` parameters, from env step `step`); write the report
-    `name` (fitness, rates, returns) and one video per maze into `videos/`."""
-    key = jax.random.PRNGKey(int(cfg.seed) + 1)
-    report = {"params": which, "env_steps": step, **summarize(b.evaluate(params, eyes, key), b.eval_mazes)}
+    """Evaluate `params` (the run's `which` parameters, from env step `step`) on the selection
+    episodes (the periodic evaluations' key) and, with `train.final_eval_envs` > 0, on fresh episodes
+    no choice was made on; write the report `name` and one video per maze into `videos/`.
+
+    The report's top level (fitness, rates, returns) is the final evaluation's when there is one,
+    else the selection evaluation's; `selection` holds the selection evaluation's figures."""
+    seed = int(cfg.seed)
+    selection = summarize(b.evaluate(params, eyes, selection_key(seed)), b.eval_mazes)
+    final = b.final(params, eyes, seed)
+    brief = {k: v for k, v in selection.items() if k != "returns"}
+    if final is None:
+        report = {"params": which, "env_steps": step, "evaluation": "selection", **selection, "selection": brief}
+    else:
+        report = {"params": which, "env_steps": step, "evaluation": "final",
+                  **summarize(final, b.eval_mazes), "selection": brief}
     atomic_write(run_dir / name, json.dumps(report, indent=1))
-    videos = write_videos(b.record(params, eyes, key), eyes, b.eval_env, run_dir / "videos",
+    videos = write_videos(b.record(params, eyes, selection_key(seed)), eyes, b.eval_env, run_dir / "videos",
                           f"{which}_{step}", fps=int(cfg.rollout.fps))
-    print(f"[eval] {which} parameters (step {step:,}): fitness {report['fitness']:.3f}, mean return "
-          f"{report['mean_return']:.3f}, success {report['success_rate']:.2f}, failure "
-          f"{report['failure_rate']:.2f} over {report['episodes']} episodes; videos {[str(v) for v in videos]}")
+    print(f"[eval] {which} parameters (step {step:,}), {report['evaluation']} evaluation: fitness "
+          f"{report['fitness']:.3f}, mean return {report['mean_return']:.3f}, success {report['success_rate']:.2f}, "
+          f"failure {report['failure_rate']:.2f} over {report['episodes']} episodes (selection episodes: fitness "
+          f"{brief['fitness']:.3f}, success {brief['success_rate']:.2f}); videos {[str(v) for v in videos]}")
     return report
 
 

@@ -10,9 +10,11 @@
 - `train_and_evaluate(seed, eyes) -> (member, fitness, metrics)`: init and every segment in one
   program (what a GPU runs whole; the command drives segments from Python to report progress and
   checkpoint between them).
+- `final(member) -> metrics`: the final evaluation of the best parameters on fresh episodes
+  (`final_keys`: keys no periodic evaluation used), `final_rounds` rounds of the evaluation.
 Evaluations happen where `aci_jax.train` makes them (every `train.eval_every` iterations and at the
-last), with the same key (PRNGKey(seed + 1)), so an individual's fitness and parameters equal its
-solo `aci_jax.train` run's. Fitness is ACI's (best evaluation's returns: drop 1.5-IQR outliers, then
+last), with the same key (`selection_key(seed)`), so an individual's fitness and parameters equal its
+solo `aci_jax.train` run's. Fitness is ACI's (an evaluation's returns: drop 1.5-IQR outliers, then
 the median of the top quarter), computed on device by `fitness_of`.
 """
 
@@ -27,7 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from aci_jax.eyes.geometry import EyeParams
-from aci_jax.rl.evaluation import make_evaluate
+from aci_jax.rl.evaluation import make_evaluate, make_final_evaluate, selection_key
 from aci_jax.rl.ppo import PPO, TrainState
 
 TRAIN_METRICS = ("episode_return", "episode_success")
@@ -76,9 +78,11 @@ def segment_lengths(n_iterations: int, eval_every: int) -> list[int]:
 
 
 class PopulationTrainer:
-    def __init__(self, ppo: PPO, eval_env, n_eval_envs: int, eval_every: int, early_stop: int | None = None):
+    def __init__(self, ppo: PPO, eval_env, n_eval_envs: int, eval_every: int, early_stop: int | None = None,
+                 final_rounds: int = 0):
         self.ppo = ppo
         self.evaluate = make_evaluate(ppo, eval_env, n_eval_envs)
+        self.final_rounds = final_rounds
         self.lengths = segment_lengths(ppo.n_iterations, int(eval_every or 0))
         self.early_stop = early_stop
 
@@ -99,7 +103,7 @@ class PopulationTrainer:
                                                            for k in TRAIN_METRICS}
 
         (ts, active, diverged), train = jax.lax.scan(step, (m.ts, m.active, m.diverged), None, length=length)
-        out = self.evaluate(ts.params, ts.eyes, jax.random.PRNGKey(m.seed + 1))
+        out = self.evaluate(ts.params, ts.eyes, selection_key(m.seed))
         mean = jnp.nanmean(out["return"])
         fit = fitness_of(out["return"])
         success = jnp.nanmean(out["success"])
@@ -116,6 +120,12 @@ class PopulationTrainer:
                    "train_success": jnp.nanmean(train["episode_success"]),
                    "eval_return": mean, "eval_success": success, "eval_fitness": fit, "env_steps": ts.env_steps}
         return m, metrics
+
+    def final(self, m: Member) -> dict:
+        """The final evaluation of the best parameters on fresh episodes: fitness, success, mean return."""
+        out = make_final_evaluate(self.evaluate, self.final_rounds)(m.best_params, m.ts.eyes, m.seed)
+        return {"final_fitness": fitness_of(out["return"]), "final_success": jnp.nanmean(out["success"]),
+                "final_return": jnp.nanmean(out["return"])}
 
     def train_and_evaluate(self, seed: jax.Array, eyes: EyeParams) -> tuple[Member, jax.Array, list[dict]]:
         """The whole training of one individual; (member, fitness, metrics per segment). Pure."""

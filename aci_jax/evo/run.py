@@ -45,10 +45,23 @@ from aci_jax.evo.population import OverDevices, PopulationTrainer, local_devices
 from aci_jax.evo.strategy import EvoState, Strategy
 from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
+from aci_jax.rl.evaluation import selection_key
 from aci_jax.rl.fitness import synthetic_fitness
 from aci_jax.runs import json_number, RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
 
 EYE_FIELDS = ("num_eyes", "resolution", "fov", "lat_range", "lon_range")
+# Per individual: the best periodic evaluation (selection_*, picked on its own episodes) and the final
+# evaluation of those parameters on fresh episodes (final_*; empty without one). `fitness` in the
+# records is what the strategy was told (`evo.fitness`: final or selection; a floor when not trained).
+REPORTED = ("selection_fitness", "selection_success", "selection_return", "final_fitness", "final_success",
+            "final_return")
+
+
+def _empty_results(pop: int) -> dict:
+    """A generation's per-individual results before training (NaN: not evaluated)."""
+    res = {k: np.full(pop, np.nan) for k in ("fitness", *REPORTED)}
+    res.update(best_step=np.zeros(pop, np.int64), env_steps=np.zeros(pop, np.int64), diverged=np.zeros(pop, bool))
+    return res
 
 
 def genome_of(cfg: DictConfig) -> Genome:
@@ -130,7 +143,7 @@ def build_evolution(cfg: DictConfig) -> Evolution:
     b = build(pop_cfg)
     t = pop_cfg.train
     trainer = PopulationTrainer(b.ppo, b.eval_env, int(t.get("eval_envs") or pop_cfg.env.n_envs),
-                                int(t.get("eval_every") or 0), t.get("early_stop"))
+                                int(t.get("eval_every") or 0), t.get("early_stop"), b.final_rounds)
     return Evolution(pop_cfg, genome, strategy, trainer, b)
 
 
@@ -172,6 +185,8 @@ class _Loop:
             tr = evo.trainer
             self.init = self.devices.program(tr.init)
             self.segment = {n: self.devices.program(lambda m, n=n: tr.segment(m, n)) for n in set(tr.lengths)}
+            self.final = self.devices.program(tr.final) if tr.final_rounds else None
+        self.told = str(self.cfg.evo.get("fitness", "final")) if not evo.test_mode else "selection"
         self.t0 = time.perf_counter()
         self.steps_run = 0
         if not evo.test_mode:
@@ -221,10 +236,8 @@ class _Loop:
         seeds = np.array([individual_seed(int(self.cfg.seed), g, i) for i in range(self.pop)], np.int32)
         t_gen = time.perf_counter()
         if self.evo.test_mode:
-            res = {"fitness": np.asarray(jax.vmap(synthetic_fitness)(eyes), np.float64),
-                   "eval_success": np.full(self.pop, np.nan), "eval_return": np.full(self.pop, np.nan),
-                   "best_step": np.zeros(self.pop, np.int64), "env_steps": np.zeros(self.pop, np.int64),
-                   "diverged": np.zeros(self.pop, bool)}
+            res = _empty_results(self.pop)
+            res["fitness"] = res["selection_fitness"] = np.asarray(jax.vmap(synthetic_fitness)(eyes), np.float64)
             best_params = None
             res["fitness"][~ok_np] = np.nan
         else:
@@ -254,9 +267,7 @@ class _Loop:
         the generation's best."""
         idx = np.flatnonzero(ok)
         n = len(idx)
-        res = {k: np.full(self.pop, np.nan) for k in ("fitness", "eval_success", "eval_return")}
-        res.update(best_step=np.zeros(self.pop, np.int64), env_steps=np.zeros(self.pop, np.int64),
-                   diverged=np.zeros(self.pop, bool))
+        res = _empty_results(self.pop)
         lengths = self.evo.trainer.lengths
         gen_best = {"fitness": -math.inf, "params": None, "index": -1}
         resume = self._restore_generation(g)
@@ -295,21 +306,37 @@ class _Loop:
                     g, b, len(batches), s + 1, len(lengths), size, steps / dt)))
                 if (s + 1) % int(self.cfg.evo.checkpoint_every) == 0 and s + 1 < len(lengths):
                     self._save_generation(g, b, s + 1, member, res, gen_best)
+            final = self._final(member)
             m = self.devices.get(member)
+            finite = lambda x: float(x) if np.isfinite(x) else np.nan
             for j, i in enumerate(members_idx):
-                res["fitness"][i] = float(m.best_fitness[j]) if np.isfinite(m.best_fitness[j]) else np.nan
-                res["eval_success"][i] = float(m.best_success[j])
-                res["eval_return"][i] = float(m.best_mean[j])
+                res["selection_fitness"][i] = finite(m.best_fitness[j])
+                res["selection_success"][i] = float(m.best_success[j])
+                res["selection_return"][i] = float(m.best_mean[j])
+                for k in final:
+                    res[k][i] = finite(final[k][j])
+                res["fitness"][i] = res[f"{self.told}_fitness"][i]
                 res["best_step"][i] = int(m.best_step[j])
                 res["env_steps"][i] = int(m.ts.env_steps[j])
                 res["diverged"][i] = bool(m.diverged[j])
-            j = int(np.nanargmax(np.where(np.isfinite(m.best_fitness[:size]), m.best_fitness[:size], -np.inf)))
-            if m.best_fitness[j] > gen_best["fitness"]:
-                gen_best = {"fitness": float(m.best_fitness[j]), "index": int(members_idx[j]),
+            told = res["fitness"][members_idx]
+            j = int(np.argmax(np.where(np.isfinite(told), told, -np.inf)))
+            if np.isfinite(told[j]) and told[j] > gen_best["fitness"]:
+                gen_best = {"fitness": float(told[j]), "index": int(members_idx[j]),
                             "params": jax.tree.map(lambda x: np.asarray(x[j]), m.best_params)}
             if b + 1 < len(batches):
                 self._save_generation(g, b + 1, 0, None, res, gen_best)
         return res, gen_best
+
+    def _final(self, member) -> dict:
+        """The sub-batch's final evaluation on fresh episodes ({} without one), timed."""
+        if self.final is None:
+            return {}
+        t = time.perf_counter()
+        out = {k: np.asarray(v) for k, v in self.devices.get(self.final(member)).items()}
+        if self.writer:
+            print(f"[evo] final evaluation on fresh episodes: {time.perf_counter() - t:.1f} s", flush=True)
+        return out
 
     def _save_generation(self, g, b, s, member, res, gen_best) -> None:
         member = None if member is None else self.devices.get(member)  # every process: a collective
@@ -382,8 +409,7 @@ class _Loop:
             p = jax.eval_shape(tr.ppo.init, jax.random.PRNGKey(0), self.evo.genome.base).params
             like_params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), p)
         return {"meta": np.zeros(3, np.int64), "member": like_member,
-                "res": {k: np.zeros(self.pop, np.float64) for k in ("fitness", "eval_success", "eval_return",
-                                                                   "best_step", "env_steps", "diverged")},
+                "res": {k: np.zeros(self.pop, np.float64) for k in _empty_results(self.pop)},
                 "gen_best": {"fitness": np.array(0.0), "index": np.array(0), "params": like_params}}
 
     # -- records -----------------------------------------------------------------------------------
@@ -444,7 +470,7 @@ class _Loop:
             row.update({k: " ".join(f"{v:g}" for v in np.atleast_1d(np.asarray(getattr(one, k)))) for k in EYE_FIELDS})
             row.update(pixels=int(pixels(one)), feasible=bool(ok[i]), reason=genome.reasons(bad[i]),
                        trained=bool(trained[i]), fitness=float(fitness[i]),
-                       eval_success=json_number(res["eval_success"][i]), eval_return=json_number(res["eval_return"][i]),
+                       **{k: json_number(res[k][i]) for k in REPORTED},
                        best_step=int(res["best_step"][i]), env_steps=int(res["env_steps"][i]),
                        diverged=bool(res["diverged"][i]), seed=int(seeds[i]))
             rows.append(row)
@@ -475,8 +501,8 @@ class _Loop:
         if old is not None and old["fitness"] >= fitness[i]:
             return
         one = jax.tree.map(lambda x: x[i], eyes)
-        info = {"generation": g, "individual": i, "fitness": float(fitness[i]), "seed": int(seeds[i]),
-                "eval_success": json_number(res["eval_success"][i]), "eval_return": json_number(res["eval_return"][i]),
+        info = {"generation": g, "individual": i, "fitness": float(fitness[i]), "fitness_from": self.told,
+                "seed": int(seeds[i]), **{k: json_number(res[k][i]) for k in REPORTED},
                 "best_step": int(res["best_step"][i]), "eyes": as_config(one)}
         path.parent.mkdir(exist_ok=True)
         if best_params is not None and best_params["params"] is not None and best_params["index"] == i:
@@ -493,7 +519,7 @@ class _Loop:
 
         b = self.evo.built
         try:
-            frames = b.record(params, eyes, jax.random.PRNGKey(seed + 1))
+            frames = b.record(params, eyes, selection_key(seed))
             write_videos(frames, eyes, b.eval_env, self.dir / "best" / "videos", f"gen{g}",
                          fps=int(self.cfg.rollout.fps))
         except Exception as e:  # a video is a view, never a reason to lose the run

@@ -8,11 +8,12 @@ import dataclasses
 from typing import Callable
 
 import jax
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from aci_jax.config import ConfigError
 from aci_jax.envs.env import Env, make_env
-from aci_jax.rl.evaluation import make_evaluate, make_recorder
+from aci_jax.rl.evaluation import final_keys, final_rounds, make_evaluate, make_recorder
 from aci_jax.rl.ppo import PPO
 
 _BUILT: dict[str, "Built"] = {}  # config yaml -> Built: equal configs share compilations
@@ -26,10 +27,20 @@ class Built:
     eval_env: Env
     evaluate: Callable  # jitted (params, eyes, key) -> per-episode {return, success, failure}
     record: Callable  # jitted (params, eyes, key) -> frames of one env's evaluation episodes
+    final_rounds: int  # rounds of `evaluate` in the final evaluation (0: none)
 
     @property
     def eval_mazes(self) -> list[str]:
         return [m.maze.name for m in self.eval_env.world.mazes]
+
+    def final(self, params, eyes, seed: int) -> dict | None:
+        """The final evaluation of chosen parameters on fresh episodes (`final_keys`), as numpy
+        (rounds·eval_envs, n_mazes) arrays; None without one. Rounds of the compiled `evaluate`, so
+        nothing new compiles (the population's `PopulationTrainer.final` maps the same rounds)."""
+        if not self.final_rounds:
+            return None
+        outs = [jax.device_get(self.evaluate(params, eyes, k)) for k in final_keys(int(seed), self.final_rounds)]
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def build(cfg: DictConfig) -> Built:
@@ -44,5 +55,6 @@ def build(cfg: DictConfig) -> Built:
         eval_env = make_env(cfg, eval=True)
         n_eval = int(cfg.train.get("eval_envs") or cfg.env.n_envs)
         _BUILT[key] = Built(ppo, eval_env, jax.jit(make_evaluate(ppo, eval_env, n_eval)),
-                            jax.jit(make_recorder(ppo, eval_env, int(cfg.env.render.view_size))))
+                            jax.jit(make_recorder(ppo, eval_env, int(cfg.env.render.view_size))),
+                            final_rounds(cfg.train, n_eval))
     return _BUILT[key]

@@ -18,6 +18,38 @@ from aci_jax.rl.fitness import fitness
 from aci_jax.viz import birdseye, eye_mosaic, side_by_side, write_video
 
 EVAL_METRICS = ("return", "success", "failure")
+# fold_in tag of the final evaluation's keys: folded into the selection key, so no final key equals
+# the selection key or any key split from it (tests/test_ppo.py checks the reset keys are disjoint)
+FINAL_EVAL_TAG = 0xF1A1
+
+
+def selection_key(seed):
+    """The key of every periodic evaluation of a run trained with `seed` (the same key each time, so
+    evaluations compare): the evaluations that choose the parameters kept (best/)."""
+    return jax.random.PRNGKey(seed + 1)
+
+
+def final_keys(seed, rounds: int):
+    """`rounds` keys of the final evaluation of the chosen parameters: episodes no choice was made on."""
+    return jax.random.split(jax.random.fold_in(selection_key(seed), FINAL_EVAL_TAG), rounds)
+
+
+def final_rounds(train_cfg, n_eval_envs: int) -> int:
+    """Rounds of `n_eval_envs` envs that make `train.final_eval_envs` (rounded up; 0: no final
+    evaluation). Each round reuses the periodic evaluation's compiled program with a fresh key."""
+    n = int(train_cfg.get("final_eval_envs") or 0)
+    return -(-n // n_eval_envs)
+
+
+def make_final_evaluate(evaluate, rounds: int):
+    """`final(params, eyes, seed) -> {return, success, failure}`, each (rounds·n_envs, n_mazes):
+    `evaluate` on each of `final_keys(seed, rounds)` (a `lax.map`: one round's memory at a time)."""
+
+    def final(params, eyes, seed):
+        out = jax.lax.map(lambda k: evaluate(params, eyes, k), final_keys(seed, rounds))
+        return {k: v.reshape(-1, v.shape[-1]) for k, v in out.items()}
+
+    return final
 
 
 def make_evaluate(ppo, env, n_envs: int):
