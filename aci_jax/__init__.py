@@ -1,6 +1,10 @@
 """aci_jax: embodied agents that evolve their eyes, on JAX/MJX."""
 
-from aci_jax.config import ConfigError, load_config
+from aci_jax.backend import quiet_warp_import
+
+quiet_warp_import()  # before anything imports MJX: no "Failed to import warp" noise (aci_jax.backend)
+
+from aci_jax.config import ConfigError, load_config  # noqa: E402
 
 __all__ = ["ConfigError", "load_config", "make_env"]
 

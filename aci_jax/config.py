@@ -74,7 +74,7 @@ RATE, POSITIVE, UNIT = number(0), number(0, strict=True), number(0, 1)
 
 # (key, rule) per section. Keys absent from a config (an older run's) are not checked: the code uses
 # their defaults; `required` keys must be present.
-SEED = (("seed", count(0)),)
+SEED = (("seed", count(0)), ("allow_cpu", BOOL))
 TRAINER = (
     ("mode", choice("ppo", "test")), ("total_timesteps", count()), ("n_steps", count()),
     ("n_minibatches", count()), ("n_epochs", count()), ("learning_rate", RATE),

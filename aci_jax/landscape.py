@@ -158,7 +158,7 @@ def main(cfg: DictConfig) -> None:
                               "give train.seeds >= 2 (e.g. 3)")
         if cfg.trainer.get("mode", "ppo") == "test":
             raise ConfigError("trainer.mode=test trains nothing: a landscape needs trainer.mode=ppo")
-        run_landscape(cfg, command_run_dir(cfg))
+        run_landscape(cfg, command_run_dir(cfg, "landscape"))
 
 
 if __name__ == "__main__":

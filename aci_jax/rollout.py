@@ -132,7 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     with command_errors("rollout"):
-        run_dir = command_run_dir(cfg)
+        run_dir = command_run_dir(cfg, "rollout")
         with RunFolder.open(run_dir, cfg, "rollout") as folder:  # its own folder, never a training run's
             run(folder.cfg, folder.path)
 

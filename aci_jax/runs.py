@@ -41,7 +41,7 @@ from aci_jax.config import ConfigError
 
 EXTENDABLE = ("trainer.total_timesteps", "evo.num_generations")
 # Keys that say where or how a run is driven, not what it computes: free to change on resume.
-OPERATIONAL = ("run_dir", "allow_changes", "eval", "rollout", "hydra", "train.checkpoint_every",
+OPERATIONAL = ("run_dir", "allow_changes", "allow_cpu", "eval", "rollout", "hydra", "train.checkpoint_every",
                "train.max_to_keep", "evo.checkpoint_every", "evo.sub_batch")
 KINDS = ("train", "seeds", "evo", "rollout", "landscape")
 
@@ -63,6 +63,7 @@ def command_errors(command: str):
         yield
     except (ConfigError, RunLocked) as e:
         print(f"config error: {e}" if isinstance(e, ConfigError) else f"{command}: {e}", file=sys.stderr)
+        _remove_empty_output_dir()
         raise SystemExit(2) from None
     except RunError as e:
         print(f"{command}: {e}", file=sys.stderr)
@@ -74,6 +75,19 @@ def command_errors(command: str):
               f"before (config, logs, the last checkpoint) is intact; free space or fix permissions, then "
               f"rerun the same command to resume.", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _remove_empty_output_dir() -> None:
+    """Hydra creates the run folder before the command starts: after a config error nothing was
+    written into it, so an empty one is removed (a folder holding anything is left as it is)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        path = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # not under Hydra
+        return
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only an empty folder
 
 
 class RunFolder:
@@ -314,15 +328,26 @@ def _write_hydra_files(path: Path, cfg: DictConfig) -> None:
     atomic_write(d / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
 
 
-def command_run_dir(cfg: DictConfig) -> Path:
-    """A command's first step: validate `cfg`, then record its run folder (Hydra's output dir) as
+def command_run_dir(cfg: DictConfig, command: str | None = None) -> Path:
+    """A command's first step: validate `cfg`, check the backend (a GPU asked for but not found is a
+    ConfigError; `aci_jax.backend`) and print it, then record its run folder (Hydra's output dir) as
     `cfg.run_dir` and return it."""
+    from aci_jax import backend
     from aci_jax.config import validate
 
     validate(cfg)
+    backend.check(command or _command_name(), bool(cfg.get("allow_cpu", False)))
     run_dir = output_dir(cfg)
     cfg.run_dir = str(run_dir)
     return run_dir
+
+
+def _command_name() -> str:
+    """The running command's short name (`python -m aci_jax.evo` -> evo) for its printed lines."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = (spec.name if spec is not None else "") or Path(sys.argv[0]).stem
+    return name.replace("aci_jax.", "").replace(".__main__", "") or "aci_jax"
 
 
 def output_dir(cfg: DictConfig) -> Path:

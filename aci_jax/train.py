@@ -271,8 +271,9 @@ def plot_learning_curve(run_dir: Path) -> Path:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     with command_errors("train"):
-        run_dir = command_run_dir(cfg)
-        if int(cfg.train.get("seeds", 1)) > 1:
+        seeds = int(cfg.train.get("seeds", 1)) > 1
+        run_dir = command_run_dir(cfg, "seeds" if seeds else "train")
+        if seeds:
             from aci_jax.seeds import train_seeds
 
             train_seeds(cfg, run_dir)

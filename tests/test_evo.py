@@ -23,7 +23,7 @@ from aci_jax.train import train_run
 
 TINY = ["env.render.supersample=1", "env.n_envs=4", "env.max_episode_steps=16", "trainer.n_steps=8",
         "trainer.n_minibatches=2", "trainer.n_epochs=1", "trainer.total_timesteps=96", "train.eval_every=1",
-        "train.eval_envs=4", "env.render.view_size=32", "evo.population_size=3", "evo.num_generations=1"]
+        "train.eval_envs=4", "train.final_eval_envs=8", "env.render.view_size=32", "evo.population_size=3", "evo.num_generations=1"]
 
 
 def _genome(*overrides):

@@ -36,7 +36,7 @@ _spec.loader.exec_module(launcher)
 TINY = ["env.agents.agent.eyes.resolution=[2,2]", "env.render.supersample=1", "env.n_envs=4",
         "env.max_episode_steps=16", "env.frame_stack=2", "trainer.n_steps=8", "trainer.n_minibatches=2",
         "trainer.n_epochs=1", "trainer.total_timesteps=32", "train.checkpoint_every=1", "train.eval_every=1",
-        "train.eval_envs=4", "env.render.view_size=32"]
+        "train.eval_envs=4", "train.final_eval_envs=8", "env.render.view_size=32"]
 EVO = ["exp=quick", "trainer.mode=test", "evo.num_generations=30"]  # synthetic fitness: ~0.5 s a generation
 GRID = ["exp=detection", "trainer.mode=test", "seed=0,1", "env.agents.agent.eyes.resolution=[1,1],[4,4]"]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}

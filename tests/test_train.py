@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -26,7 +27,7 @@ from aci_jax.train import TrainingDiverged, train_run
 TINY = ["env.agents.agent.eyes.resolution=[2,2]", "env.render.supersample=1", "env.n_envs=4",
         "env.max_episode_steps=16", "env.frame_stack=2", "trainer.n_steps=8", "trainer.n_minibatches=2",
         "trainer.n_epochs=1", "trainer.total_timesteps=96", "train.checkpoint_every=1", "train.eval_every=1",
-        "train.eval_envs=4", "env.render.view_size=32"]
+        "train.eval_envs=4", "train.final_eval_envs=8", "env.render.view_size=32"]
 
 
 def _cfg(*extra):
@@ -60,9 +61,11 @@ def test_run_folder(full_run):
     assert checkpoint.manager(run_dir / "best").all_steps() == [best["env_steps"]]
     fit = json.loads((run_dir / "fitness.json").read_text())
     assert fit["params"] == "best" and fit["env_steps"] == best["env_steps"]
+    assert fit["evaluation"] == "final" and fit["episodes"] == 8  # 2 fresh rounds of the 4 eval envs
     assert fit["fitness"] == result["fitness"] == fitness(fit["returns"])
-    assert fit["mean_return"] == pytest.approx(best["mean_return"])  # same start states every time
-    assert np.shape(fit["returns"]) == (4, 1)  # 4 eval envs x 1 maze
+    # the selection evaluation replays the best evaluation's episodes (the same start states every time)
+    assert fit["selection"]["mean_return"] == pytest.approx(best["mean_return"])
+    assert np.shape(fit["returns"]) == (8, 1)  # 8 final eval envs x 1 maze
     for name in ("config.yaml", "plots/learning_curve.png", f"videos/best_{best['env_steps']}_OPEN.mp4"):
         assert (run_dir / name).is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -169,6 +172,37 @@ def test_nan_stops_without_saving(tmp_path):
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() is None
 
 
+def test_final_evaluation_plays_episodes_no_selection_evaluation_played(monkeypatch, tmp_path):
+    """Every key the final evaluation resets its envs with differs from every key a periodic
+    (selection) evaluation used, and so do the episodes' start states: a spy on the compiled
+    evaluation records the keys of a whole training run (3 selection evaluations, then the report)."""
+    import dataclasses
+
+    import aci_jax.train as train_mod
+    from aci_jax.rl.built import build
+    from aci_jax.rl.evaluation import final_keys, selection_key
+
+    cfg = _cfg("seed=5")
+    b = build(cfg)
+    calls = []
+    spy = dataclasses.replace(b, evaluate=lambda p, e, k: calls.append(np.asarray(jax.random.key_data(k))
+                                                                       if jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
+                                                                       else np.asarray(k)) or b.evaluate(p, e, k))
+    monkeypatch.setattr(train_mod, "build", lambda c: spy)
+    train_run(cfg, tmp_path)
+    sel, fin = np.asarray(selection_key(5)), np.asarray(final_keys(5, b.final_rounds))
+    assert b.final_rounds == 2 and len(calls) == 3 + 1 + 2  # 3 periodic, the report's selection, 2 rounds
+    assert all((c == sel).all() for c in calls[:4]) and np.array_equal(np.stack(calls[4:]), fin)
+    # the envs' reset keys (evaluate splits its key over its envs) and their start states: disjoint
+    reset = lambda k: np.asarray(jax.random.split(k, 4))
+    sel_keys = {tuple(r) for r in reset(selection_key(5))}
+    fin_keys = {tuple(r) for k in final_keys(5, 2) for r in reset(k)}
+    assert len(fin_keys) == 8 and not sel_keys & fin_keys
+    start = lambda keys: {tuple(np.round(np.asarray(b.eval_env.reset(jnp.asarray(k, jnp.uint32), b.ppo.env.default_eyes)
+                                                    .pipeline_state.qpos), 4)) for k in keys}
+    assert not start(sel_keys) & start(fin_keys)
+
+
 def test_summarize_reports_each_maze_when_there_are_several():
     from aci_jax.rl.evaluation import summarize
 
@@ -200,5 +234,6 @@ def test_seeds_train_as_one_program_each_equal_to_its_solo_run(full_run, tmp_pat
     summary = json.loads((tmp_path / "summary.json").read_text())
     fits = [float(r["fitness"]) for r in table]
     assert summary["fitness"]["n"] == 2 and summary["fitness"]["median"] == pytest.approx(np.median(fits))
-    assert summary["fitness"]["min"] == pytest.approx(min(fits)) and summary["eval_success"]["n"] == 2
+    assert summary["fitness"]["min"] == pytest.approx(min(fits)) and summary["success"]["n"] == 2
+    assert summary["evaluation"] == "final" and summary["selection_success"]["n"] == 2
     assert (tmp_path / "plots" / "seeds.png").stat().st_size > 0 and list((tmp_path / "videos").glob("*.mp4"))

@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
         with distributed.stop_together():
             from aci_jax.evo.run import evolve
 
-            run_dir = command_run_dir(cfg)
+            run_dir = command_run_dir(cfg, "evo")
             evolve(cfg, run_dir)
 
 

@@ -172,10 +172,8 @@ class PPO:
     def _update(self, params, opt_state, eyes, traj: Transition, last_value, key):
         """GAE over the rollout, then n_epochs of shuffled minibatch steps; mean losses."""
         c = self.cfg
-        termination = traj.done * (1 - traj.truncation)
-        targets, _ = compute_gae(traj.truncation, termination, traj.reward, traj.value, last_value,
-                                 lambda_=c.gae_lambda, discount=c.gamma)
-        data = (traj.obs, traj.action, traj.log_prob, traj.value, targets - traj.value, targets)
+        targets, advantages = gae(traj.reward, traj.value, traj.done, traj.truncation, last_value, c.gamma, c.gae_lambda)
+        data = (traj.obs, traj.action, traj.log_prob, traj.value, advantages, targets)
         data = jax.tree.map(lambda x: x.reshape(self.batch_size, *x.shape[2:]), data)
         fixed = {k: v for k, v in params.items() if k != "params"}  # obs_norm: not trained by gradients
         grad_fn = jax.value_and_grad(lambda p, mb: self._loss({**p, **fixed}, eyes, mb), has_aux=True)
@@ -195,25 +193,42 @@ class PPO:
         return {**params, **fixed}, opt_state, jax.tree.map(jnp.mean, aux)
 
     def _loss(self, params, eyes, mb) -> tuple[jax.Array, dict]:
-        """SB3's PPO loss on one minibatch (value loss clipped PPO2-style when clip_range_vf is set)."""
-        c = self.cfg
+        """SB3's PPO loss on one minibatch (`loss_terms`) of the network's outputs."""
         obs, action, old_log_prob, old_value, adv, target = mb
         mean, log_std, value = self.network.apply(params, obs, eyes)
-        log_ratio = log_prob(mean, log_std, action) - old_log_prob
-        ratio = jnp.exp(log_ratio)
-        if c.normalize_advantage:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - c.clip_range, 1 + c.clip_range) * adv))
-        value_loss = (target - value) ** 2
-        if c.clip_range_vf is not None:
-            clipped = old_value + jnp.clip(value - old_value, -c.clip_range_vf, c.clip_range_vf)
-            value_loss = jnp.maximum(value_loss, (target - clipped) ** 2)
-        value_loss = jnp.mean(value_loss)
-        ent = jnp.mean(entropy(log_std))
-        loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * ent
-        return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
-                      "approx_kl": jnp.mean(ratio - 1 - log_ratio),
-                      "clip_fraction": jnp.mean(jnp.abs(ratio - 1) > c.clip_range)}
+        return loss_terms(log_prob(mean, log_std, action), old_log_prob, adv, value, old_value, target,
+                          log_std, self.cfg)
+
+
+def gae(reward, value, done, truncation, last_value, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """(value targets, advantages = targets − values) of a time-major rollout, by brax's GAE.
+
+    A terminal step (done, not a time-out) does not bootstrap; a time-out's step is masked out (its
+    target is its own value, its advantage 0: the env has already reset, so there is no final
+    observation to bootstrap from, as in brax); the rollout's last step bootstraps from `last_value`."""
+    termination = done * (1 - truncation)
+    targets, _ = compute_gae(truncation, termination, reward, value, last_value, lambda_=lam, discount=gamma)
+    return targets, targets - value
+
+
+def loss_terms(new_log_prob, old_log_prob, adv, value, old_value, target, log_std, c: PPOConfig) -> tuple[jax.Array, dict]:
+    """SB3's PPO loss of a minibatch: clipped surrogate on (optionally normalised) advantages, value
+    loss (clipped PPO2-style when `clip_range_vf` is set), entropy bonus; and its diagnostics."""
+    log_ratio = new_log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    if c.normalize_advantage:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - c.clip_range, 1 + c.clip_range) * adv))
+    value_loss = (target - value) ** 2
+    if c.clip_range_vf is not None:
+        clipped = old_value + jnp.clip(value - old_value, -c.clip_range_vf, c.clip_range_vf)
+        value_loss = jnp.maximum(value_loss, (target - clipped) ** 2)
+    value_loss = jnp.mean(value_loss)
+    ent = jnp.mean(entropy(log_std))
+    loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * ent
+    return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
+                  "approx_kl": jnp.mean(ratio - 1 - log_ratio),
+                  "clip_fraction": jnp.mean(jnp.abs(ratio - 1) > c.clip_range)}
 
 
 def _trainable(variables: dict) -> dict:
