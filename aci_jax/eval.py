@@ -95,9 +95,10 @@ def _main(argv: list[str]) -> dict:
     """Evaluate without taking the run's lock (a running training may hold it): reads only, and
     writes only its own files (eval.json, eval_summary.txt, videos/eval_*)."""
     cfg, run_dir = load_run_config(argv)
-    from aci_jax import backend
+    from aci_jax import backend, compile_cache
 
     backend.check("eval", bool(cfg.get("allow_cpu", False)))
+    compile_cache.enable()
     b = build(cfg)
     params, step, eyes, which = load_params(b, cfg, run_dir)
     report = write_evaluation(b, params, eyes, cfg, run_dir, step, which, name="eval.json")

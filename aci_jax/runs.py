@@ -331,12 +331,14 @@ def _write_hydra_files(path: Path, cfg: DictConfig) -> None:
 def command_run_dir(cfg: DictConfig, command: str | None = None) -> Path:
     """A command's first step: validate `cfg`, check the backend (a GPU asked for but not found is a
     ConfigError; `aci_jax.backend`) and print it, then record its run folder (Hydra's output dir) as
-    `cfg.run_dir` and return it."""
-    from aci_jax import backend
+    `cfg.run_dir` and return it. The persistent compilation cache is turned on here
+    (`aci_jax.compile_cache`)."""
+    from aci_jax import backend, compile_cache
     from aci_jax.config import validate
 
     validate(cfg)
     backend.check(command or _command_name(), bool(cfg.get("allow_cpu", False)))
+    compile_cache.enable()
     run_dir = output_dir(cfg)
     cfg.run_dir = str(run_dir)
     return run_dir

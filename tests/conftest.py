@@ -5,15 +5,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The persistent compilation cache is opt-in (ACI_JAX_TEST_CACHE=DIR): twice a CI run aborted inside
-# XLA's executable serialisation when the cache wrote an entry (jax 0.10.2, CPU; not reproducible on
-# demand), and an abort takes the whole suite down with it.
+# The persistent compilation cache (aci_jax.compile_cache, on by default for the commands) is opt-in
+# for the suite (ACI_JAX_TEST_CACHE=DIR): twice a CI run aborted inside XLA's executable serialisation
+# when the cache wrote an entry (jax 0.10.2, CPU, before the cache took file locks; not reproducible on
+# demand), and an abort takes the whole suite down with it. Off, the commands the tests start as
+# subprocesses do not touch ~/.cache either; tests/test_compile_cache.py turns it on in its own folders.
 if os.environ.get("ACI_JAX_TEST_CACHE"):
-    # in the environment, so the tests' subprocesses share it
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["ACI_JAX_TEST_CACHE"]
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
-    jax.config.update("jax_compilation_cache_dir", os.environ["ACI_JAX_TEST_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    os.environ["ACI_JAX_COMPILE_CACHE"] = os.environ["ACI_JAX_TEST_CACHE"]  # the subprocesses share it
+    from aci_jax import compile_cache  # noqa: E402
+
+    compile_cache.enable()
+else:
+    os.environ["ACI_JAX_COMPILE_CACHE"] = "0"
 
 
 # The one-node Slurm of tests/test_launch.py: started by the first test module that needs it (on any
