@@ -76,7 +76,9 @@ def population_config(cfg: DictConfig, genome: Genome) -> DictConfig:
     """The config every individual trains with: the exp's, with static maxima that hold every feasible
     individual (from the gene bounds and the pixel budget) unless set explicitly, in the packed pixel
     layout: each individual renders, observes and encodes `max_pixels` pixel slots (ACI's budget:
-    50), whatever its eyes' layout, so its cost follows its own pixels, not max_eyes × width × height."""
+    50), whatever its eyes' layout. So every individual costs the budget (a 1-pixel eye casts as many
+    rays as a 50-pixel one, and the ray walk runs until the batch's last ray ends), not the product
+    of the maxima (max_eyes × width × height): cost follows the budget, not each one's own pixels."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     m = static_maxima(genome)
     r = cfg.env.render
