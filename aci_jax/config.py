@@ -103,7 +103,7 @@ ENV = (
     ("physics_dt", POSITIVE), ("frame_skip", count()), ("max_episode_steps", count()),
     ("frame_stack", count()), ("n_envs", count()), ("maze_selection", choice("cycle", "random")),
     ("spawn_jitter", RATE), ("max_geom_pairs", count()), ("max_contact_points", count()),
-    ("solver_iterations", count()), ("ls_iterations", count()),
+    ("solver_iterations", count()), ("ls_iterations", count()), ("physics_impl", nullable(choice("jax", "warp"), "jax")),
 )
 ENV_REQUIRED = ("physics_dt", "frame_skip", "max_episode_steps", "frame_stack", "n_envs", "maze_selection")
 RENDER = (
@@ -217,6 +217,7 @@ def validate(cfg: DictConfig) -> None:
         env = env_config(cfg, eval=variant)
         where = "eval_env" if variant and "eval_env" in cfg else "env"
         _validate_env(env, where)
+        _validate_physics_impl(env, where)
     for name, table in (("train", TRAIN), ("rollout", ROLLOUT), ("eval", EVAL)):
         if cfg.get(name) is not None:
             check(cfg[name], name, table)
@@ -240,7 +241,7 @@ def _validate_evo(cfg: DictConfig) -> None:
     if cfg.evo.get("fitness", "final") == "final" and cfg.get("train") is not None \
             and int(cfg.train.get("final_eval_envs") or 0) == 0:
         raise ConfigError("evo.fitness=final tells the strategy the final evaluation's fitness, and "
-                          "train.final_eval_envs=0 turns it off: set train.final_eval_envs > 0 (e.g. 128) "
+                          "train.final_eval_envs=0 turns it off: valid: train.final_eval_envs > 0 (e.g. 128) "
                           "or evo.fitness=selection")
     from aci_jax.evo.genome import genome_from_config  # late: imports jax
     from aci_jax.evo.strategy import Strategy
@@ -271,6 +272,18 @@ def _validate_trainer(t: DictConfig, n_envs: int) -> None:
 def trainable_agents(env: DictConfig) -> list[str]:
     """Names of an env config's trainable point agents (a valid config has exactly one)."""
     return [n for n, a in env.agents.items() if a.get("kind") == "point" and a.get("trainable", True)]
+
+
+def _validate_physics_impl(env: DictConfig, where: str) -> None:
+    """`physics_impl=warp` needs a CUDA device and MuJoCo Warp (both known only here, late)."""
+    if env.get("physics_impl", "jax") != "warp":
+        return
+    from aci_jax.envs.env import warp_available  # late: imports jax and mjx
+
+    missing = warp_available()
+    if missing:
+        raise ConfigError(f"{where}.physics_impl='warp' needs {missing}; use {where}.physics_impl=jax (MJX in JAX, "
+                          "any device)")
 
 
 def _validate_env(env: DictConfig, where: str) -> None:

@@ -79,3 +79,29 @@ def test_cuda_extra_pins_the_same_jax():
     for extra in ("cuda", "cuda13"):
         (dep,) = meta["optional-dependencies"][extra]
         assert dep.startswith("jax[cuda") and dep.split("]", 1)[1] == jax_pin.removeprefix("jax")
+
+
+def test_gpu_check_smoke_runs_every_part(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the device check's code at tiny sizes on this CPU (so it cannot
+    rot while no GPU is at hand): every part reports figures, at most 6 files come back."""
+    import json
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--out", str(out),
+                        "--evo-dir", str(tmp_path / "evo")], env={**ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
+                                                                  "ACI_JAX_COMPILE_CACHE": "0"},
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((out / "gpu_check.json").read_text())
+    assert rep["device"]["platform"] == "cpu" and rep["device"]["warp"] is False
+    assert [x["eye"] for x in rep["env_throughput"]] == ["10x10", "50x1"]
+    assert all(x["env_steps_per_s"] > 0 and x["compile_s"] > 0 for x in rep["env_throughput"])
+    assert "impl=warp not measured" in rep["env_throughput_note"]
+    (pop,) = rep["population"]
+    assert pop["population"] == 2 and pop["population_env_steps_per_s"] > 0 and pop["memory_per_individual_bytes"] > 0
+    evo = rep["evolution"]
+    assert evo["generations_finished"] >= 1 and evo["per_generation"][0]["best_fitness"] is not None
+    assert not any(k.endswith("_error") for k in rep)
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"gpu_check.json", "env_throughput.png", "population.png"} <= set(files)
+    assert all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())

@@ -83,6 +83,18 @@ class MazeGrids:
     half_height: jax.Array  # (n_mazes,)
 
 
+def warp_available() -> str | None:
+    """None when MJX's Warp physics can run here; else what is missing (a CUDA device, warp-lang)."""
+    import mujoco.mjx.warp as mjxw
+
+    missing = []
+    if jax.devices()[0].platform not in ("gpu", "cuda"):
+        missing.append(f"a CUDA device (JAX runs on {jax.devices()[0].platform})")
+    if not mjxw.WARP_INSTALLED or mjxw.mujoco_warp is None:
+        missing.append("MuJoCo Warp (`pip install warp-lang`; mujoco-mjx brings mujoco_warp)")
+    return " and ".join(missing) or None
+
+
 class Env:
     """Batched-ready ACI env of one config (its training or evaluation variant)."""
 
@@ -92,9 +104,14 @@ class Env:
         # on this process's device (mjx's default, jax.devices()[0], is another process's in a
         # multi-process run: aci_jax.distributed)
         device = jax.local_devices()[0]
-        self.mx = mjx.put_model(self.world.model, impl="jax", device=device)
-        # Kinematics once, so static and mocap geoms start posed; steps never re-run it.
-        self._data0 = jax.jit(mjx.kinematics)(self.mx, mjx.make_data(self.mx, impl="jax", device=device))
+        self.physics_impl = str(env_cfg.get("physics_impl") or "jax")
+        self.mx = mjx.put_model(self.world.model, impl=self.physics_impl, device=device)
+        # Kinematics once, so static and mocap geoms start posed; steps never re-run it. (Warp's
+        # make_data takes the MjModel; its contact pool holds max_contact_points per env.)
+        data = (mjx.make_data(self.mx, impl="jax", device=device) if self.physics_impl == "jax" else
+                mjx.make_data(self.world.model, impl="warp", device=device,
+                              naconmax=int(env_cfg.n_envs) * int(env_cfg.get("max_contact_points", 4))))
+        self._data0 = jax.jit(mjx.kinematics)(self.mx, data)
         self.agent_name = next(iter(self.world.agents))
         self.agent = self.world.agents[self.agent_name]
         self.agent_cfg = env_cfg.agents[self.agent_name]
@@ -283,8 +300,14 @@ class Env:
 
     def _substep(self, data: mjx.Data, _):
         data = mjx.step(self.mx, data)
-        con = data._impl.contact
-        return data, jnp.any(con.dist < 0)
+        if self.physics_impl == "jax":
+            return data, jnp.any(data._impl.contact.dist < 0)
+        # MuJoCo Warp: the first `nacon` slots of its contact pool are this step's contacts (not yet
+        # checked on a device: benchmarks/gpu_check.py measures this path)
+        imp = data._impl
+        live = jnp.arange(imp.contact__dist.shape[-1]) < imp.nacon[..., None] if imp.nacon.ndim else \
+            jnp.arange(imp.contact__dist.shape[-1]) < imp.nacon
+        return data, jnp.any(live & (imp.contact__dist < 0))
 
     def object_xy(self, data: mjx.Data) -> jax.Array:
         """(n_objects, 2) xy of the task's objects, in `object_names` order (privileged: for tasks,

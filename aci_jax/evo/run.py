@@ -149,13 +149,15 @@ def build_evolution(cfg: DictConfig) -> Evolution:
     return Evolution(pop_cfg, genome, strategy, trainer, b)
 
 
-def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None) -> dict:
+def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None, deadline: float | None = None) -> dict:
     """Evolve (or resume) in `run_dir`; stop after `stop_after` training segments of this call
-    (tests of resume). Returns {'generations' (done in this call), 'best' (best.json's content)}."""
+    (tests of resume), or at the first segment boundary after `deadline` (`time.time()`; a time
+    budget, e.g. benchmarks/gpu_check.py's): what was done is checkpointed, the same call resumes.
+    Returns {'generations' (done in this call), 'best' (best.json's content), 'stopped' (early)}."""
     folder = distributed.on_writer(lambda: RunFolder.open(run_dir, cfg, "evo"))
     try:
         run_cfg = folder.cfg if folder is not None else located(cfg, Path(run_dir))
-        return _Loop(build_evolution(run_cfg), Path(run_dir), run_cfg, stop_after).run()
+        return _Loop(build_evolution(run_cfg), Path(run_dir), run_cfg, stop_after, deadline).run()
     finally:
         if folder is not None:
             folder.close()
@@ -166,8 +168,9 @@ class _Stop(Exception):
 
 
 class _Loop:
-    def __init__(self, evo: Evolution, run_dir: Path, user_cfg: DictConfig, stop_after: int | None):
-        self.evo, self.dir, self.stop_after = evo, run_dir, stop_after
+    def __init__(self, evo: Evolution, run_dir: Path, user_cfg: DictConfig, stop_after: int | None,
+                 deadline: float | None = None):
+        self.evo, self.dir, self.stop_after, self.deadline = evo, run_dir, stop_after, deadline
         self.cfg = evo.cfg
         self.user_cfg = user_cfg
         self.segments_done = 0
@@ -202,16 +205,18 @@ class _Loop:
         distributed.on_writer(lambda: self._truncate_records(g0))
         if g0 >= self.n_gen and self.writer:
             print(f"[evo] finished: {g0} generations (raise evo.num_generations to extend)")
-        done = 0
+        done, stopped = 0, False
         try:
             for g in range(g0, self.n_gen):
+                if self.deadline is not None and time.time() >= self.deadline:
+                    raise _Stop
                 state = self._generation(g, state)
                 done += 1
         except _Stop:
-            pass
+            stopped = True
         best = distributed.on_writer(lambda: self._finish(done or g0 >= self.n_gen))
         print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
-        return {"generations": done, "best": best, "state": state}
+        return {"generations": done, "best": best, "state": state, "stopped": stopped}
 
     def _restore_evolution(self) -> tuple[EvoState, int]:
         """(strategy state, generations done) from `evolution/`: read by process 0, shared."""
@@ -294,6 +299,10 @@ class _Loop:
                 member = self.devices.put(member)
             for s in range(s0, len(lengths)):
                 if self.stop_after is not None and self.segments_done >= self.stop_after:
+                    raise _Stop
+                if self.deadline is not None and time.time() >= self.deadline and s > s0:  # one process only
+                    if s % int(self.cfg.evo.checkpoint_every):  # not checkpointed after segment s yet
+                        self._save_generation(g, b, s, member, res, gen_best)
                     raise _Stop
                 t = time.perf_counter()
                 member, metrics = self.segment[lengths[s]](member)
