@@ -45,6 +45,28 @@ def test_decode_maps_into_bounds_rounds_and_ties():
     assert np.allclose(fold(jnp.array([-0.25, 0.25, 1.25, 2.25])), [0.25, 0.25, 0.75, 0.25])
 
 
+def test_gene_decoding_at_both_bounds_and_full_end_bins():
+    """u = 0 and u = 1 decode to low and high; an int gene's u-range is [low − ½, high + ½] before
+    rounding, so every integer, the two ends included, gets a bin of the same width: on a linear
+    1..5 gene u ∈ [0, 1) splits into 5 bins of 0.2 each (with [low, high] the ends would get 0.125
+    and the middle 0.25). Real and log genes: the bounds exactly."""
+    from aci_jax.evo.genome import Gene
+
+    g = Gene("n", ("num_eyes.1",), "int", 1, 5)
+    u = jnp.linspace(0, 1, 10001)
+    v = np.asarray(g.value(u))
+    assert v[0] == 1 and v[-1] == 5 and set(np.unique(v)) == {1, 2, 3, 4, 5}
+    np.testing.assert_allclose([np.mean(v == k) for k in range(1, 6)], 0.2, atol=2e-4)
+    assert float(g.value(jnp.float32(g.coordinate(3)))) == 3  # the inverse hits the bin's centre
+    log = Gene("w", ("resolution.0",), "int", 1, 50, "log")
+    lv = np.asarray(log.value(u))
+    assert lv[0] == 1 and lv[-1] == 50 and np.all(np.diff(lv) >= 0) and len(np.unique(lv)) == 50
+    for k in (1, 7, 50):
+        assert float(log.value(jnp.float32(log.coordinate(k)))) == k
+    real = Gene("f", ("fov.0",), "real", 1.0, 100.0)
+    assert float(real.value(jnp.float32(0))) == 1.0 and float(real.value(jnp.float32(1))) == 100.0
+
+
 def test_constraints_and_static_maxima():
     cfg, g = _genome()
     base = g.base

@@ -48,22 +48,28 @@ class Gene:
     high: float
     scale: str = "linear"
 
+    @property
+    def span(self) -> tuple[float, float]:
+        """The interval u in [0, 1] maps onto: an int gene's [low − ½, high + ½], so that rounding
+        gives each integer, its end values included, a full bin (not half a bin at the ends)."""
+        return (self.low - 0.5, self.high + 0.5) if self.type == "int" else (self.low, self.high)
+
     def value(self, u: jax.Array) -> jax.Array:
         """Gene value of a normalised coordinate u in [0, 1] (rounded for int genes)."""
-        if self.scale == "log":
-            v = self.low * (self.high / self.low) ** u
-        else:
-            v = self.low + (self.high - self.low) * u
-        v = jnp.clip(v, self.low, self.high)
-        return jnp.round(v) if self.type == "int" else v
+        lo, hi = self.span
+        v = lo * (hi / lo) ** u if self.scale == "log" else lo + (hi - lo) * u
+        if self.type == "int":  # round half down at the top edge, so u = 1 gives high, not high + 1
+            v = jnp.round(jnp.clip(v, lo, hi - 1e-4))
+        return jnp.clip(v, self.low, self.high)
 
     def coordinate(self, value: float) -> float:
         """The normalised coordinate of a value (inverse of `value` before rounding)."""
-        if self.high == self.low:
+        lo, hi = self.span
+        if hi == lo:
             return 0.0
         if self.scale == "log":
-            return math.log(value / self.low) / math.log(self.high / self.low)
-        return (value - self.low) / (self.high - self.low)
+            return math.log(value / lo) / math.log(hi / lo)
+        return (value - lo) / (hi - lo)
 
 
 def fold(x: jax.Array) -> jax.Array:
