@@ -252,6 +252,23 @@ def _validate_evo(cfg: DictConfig) -> None:
         Strategy(genome, cfg.evo)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for name, fn, kw in genome.constraints:  # their arguments, on the initial eyes (before any folder exists)
+        try:
+            bool(fn(genome.base, **kw))
+        except Exception as e:
+            raise ConfigError(f"evo.constraints.{name}: its arguments {kw} do not work ({type(e).__name__}: {e}); "
+                              f"valid: numbers, e.g. budget: 50") from None
+        bad = {k: v for k, v in kw.items() if k in ("budget", "radius", "pixel_size") and
+               (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0)}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise ConfigError(f"evo.constraints.{name}.{k}={v!r} must be a positive number")
+    from aci_jax.evo.population import local_devices
+
+    try:
+        local_devices(cfg.evo.get("devices", "all"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_trainer(t: DictConfig, n_envs: int) -> None:

@@ -229,3 +229,32 @@ def test_aperture_and_lens_genes_drive_the_optics_eye():
 def _genome_optics():
     cfg = aci_jax.load_config("detection_optics", [])
     return cfg, genome_of(cfg)
+
+
+def test_extension_keeps_the_warm_start_it_started_with(tmp_path):
+    """warm_start 0.5 of 4 generations = 2 generations of random search, fixed at the start
+    (warm_start.json): extended to 10, the run goes on with CMA-ES, not round(0.5 × 10) = 5."""
+    base = ["trainer.mode=test", "evo.warm_start=0.5", "evo.population_size=4"]
+    out = evolve(aci_jax.load_config("detection", [*base, "evo.num_generations=4"]), tmp_path)
+    assert out["warm_generations"] == 2
+    out = evolve(aci_jax.load_config("detection", [*base, "evo.num_generations=10"]), tmp_path)
+    assert out["generations"] == 6 and out["warm_generations"] == 2
+    assert json.loads((tmp_path / "warm_start.json").read_text())["generations"] == 2
+    # a fresh 10-generation run computes its own: 5
+    assert evolve(aci_jax.load_config("detection", [*base, "evo.num_generations=10"]), tmp_path / "b")["warm_generations"] == 5
+
+
+def test_non_finite_genomes_are_an_error_never_a_record(tmp_path, monkeypatch):
+    from aci_jax.evo.strategy import Strategy
+    from aci_jax.runs import RunError
+
+    real = Strategy.ask
+
+    def nan_ask(self, key, state):
+        raw, eyes, ok, bad, st = real(self, key, state)
+        return raw.at[1, 0].set(jnp.nan), eyes, ok, bad, st
+
+    monkeypatch.setattr(Strategy, "ask", nan_ask)
+    with pytest.raises(RunError, match="generation 1: evo.strategy='cma_es' proposed non-finite genomes"):
+        evolve(aci_jax.load_config("detection", ["trainer.mode=test", "evo.population_size=4"]), tmp_path)
+    assert not (tmp_path / "population.csv").exists() and not (tmp_path / "generations.jsonl").exists()

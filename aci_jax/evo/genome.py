@@ -22,6 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import DictConfig
 
 from aci_jax.eyes.geometry import EyeParams
 
@@ -229,7 +230,14 @@ def genome_from_config(evo, eyes_cfg, frame_stack: int = 1) -> Genome:
             raise ValueError(f"evo.genes.{g.name}: initial value {v} (evo.init={init!r}) is outside its "
                              f"bounds [{g.low}, {g.high}]: it must be within them")
     constraints = []
-    for name, spec in dict(evo.get("constraints") or {}).items():
+    given = evo.get("constraints") or {}
+    if not isinstance(given, (dict, DictConfig)):
+        raise ValueError(f"evo.constraints={given!r} must be a mapping of name -> {{fn: ..., arguments}}, e.g. "
+                         f"{{pixels: {{fn: total_pixels, budget: 50}}}}; valid fns: {sorted(CONSTRAINTS)}")
+    for name, spec in dict(given).items():
+        if spec is not None and not isinstance(spec, (dict, DictConfig)):
+            raise ValueError(f"evo.constraints.{name}={spec!r} must be a mapping {{fn: ..., arguments}}; "
+                             f"valid fns: {sorted(CONSTRAINTS)}")
         spec = dict(spec or {})
         fn = spec.pop("fn", name)
         if fn not in CONSTRAINTS:

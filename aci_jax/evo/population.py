@@ -194,7 +194,7 @@ def local_devices(spec) -> list[jax.Device]:
         return devs
     if int(spec) > len(devs):
         raise ValueError(f"evo.devices={spec}: only {len(devs)} local device(s) ({devs[0].platform}); "
-                         "use 'all' or a number up to that")
+                         "valid: 'all' or a number up to that")
     return devs[:int(spec)]
 
 

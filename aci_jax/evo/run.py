@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aci_jax import distributed
 from aci_jax.config import ConfigError, trainable_agents
@@ -47,7 +47,7 @@ from aci_jax.rl import checkpoint
 from aci_jax.rl.built import build
 from aci_jax.rl.evaluation import selection_key
 from aci_jax.rl.fitness import synthetic_fitness
-from aci_jax.runs import json_number, RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
+from aci_jax.runs import json_number, RunError, RunFolder, append_jsonl, atomic_write, located, read_jsonl, rewrite_jsonl
 
 EYE_FIELDS = ("num_eyes", "resolution", "fov", "lat_range", "lon_range")
 # Per individual: the best periodic evaluation (selection_*, picked on its own episodes) and the final
@@ -157,10 +157,34 @@ def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None, 
     folder = distributed.on_writer(lambda: RunFolder.open(run_dir, cfg, "evo"))
     try:
         run_cfg = folder.cfg if folder is not None else located(cfg, Path(run_dir))
+        run_cfg = _fixed_warm_start(run_cfg, Path(run_dir))
         return _Loop(build_evolution(run_cfg), Path(run_dir), run_cfg, stop_after, deadline).run()
     finally:
         if folder is not None:
             folder.close()
+
+
+def _fixed_warm_start(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The run's warm-start length, fixed when it started (`warm_start.json`): extending a finished
+    run (a larger evo.num_generations) continues the strategy instead of recomputing the warm start
+    from the new length and going back to random search."""
+    from aci_jax.evo.strategy import warm_generations
+
+    path = run_dir / "warm_start.json"
+
+    def read_or_fix() -> int:
+        if path.is_file():
+            return int(json.loads(path.read_text())["generations"])
+        n = warm_generations(cfg.evo)
+        atomic_write(path, json.dumps({"generations": n, "warm_start": float(cfg.evo.get("warm_start", 0.0)),
+                                       "num_generations_at_start": int(cfg.evo.num_generations)}))
+        return n
+
+    n = int(distributed.share(np.int32(distributed.on_writer(read_or_fix) or 0)))
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.evo.warm_generations = n
+    return cfg
 
 
 class _Stop(Exception):
@@ -216,7 +240,8 @@ class _Loop:
             stopped = True
         best = distributed.on_writer(lambda: self._finish(done or g0 >= self.n_gen))
         print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
-        return {"generations": done, "best": best, "state": state, "stopped": stopped}
+        return {"generations": done, "best": best, "state": state, "stopped": stopped,
+                "warm_generations": self.evo.strategy.warm}
 
     def _restore_evolution(self) -> tuple[EvoState, int]:
         """(strategy state, generations done) from `evolution/`: read by process 0, shared."""
@@ -239,6 +264,11 @@ class _Loop:
     def _generation(self, g: int, state: EvoState) -> EvoState:
         k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g))
         raw, eyes, ok, bad, asked = self.ask(k_ask, state)
+        if not np.all(np.isfinite(np.asarray(raw))):
+            raise RunError(f"generation {g + 1}: evo.strategy={self.cfg.evo.strategy!r} proposed non-finite genomes "
+                           f"(NaN/inf in {int((~np.isfinite(np.asarray(raw))).any(-1).sum())} of {self.pop}); nothing "
+                           f"of this generation was recorded. Its state is in {self.dir / 'evolution'}: try another "
+                           f"evo.sigma or evo.strategy_params in a new run_dir")
         ok_np = np.asarray(ok)
         seeds = np.array([individual_seed(int(self.cfg.seed), g, i) for i in range(self.pop)], np.int32)
         t_gen = time.perf_counter()

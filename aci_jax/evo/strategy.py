@@ -25,6 +25,14 @@ from flax import struct
 from aci_jax.evo.genome import Genome
 
 
+def warm_generations(evo) -> int:
+    """Generations of ACI's warm start (random search): `evo.warm_start` of `evo.num_generations`, or
+    `evo.warm_generations` when the run fixed it at its start (an extended run keeps its warm start)."""
+    if evo.get("warm_generations") is not None:
+        return int(evo.warm_generations)
+    return int(round(float(evo.get("warm_start", 0.0)) * int(evo.num_generations)))
+
+
 def _std_schedule(cls):
     return lambda pop, solution, sigma: cls(pop, solution, std_schedule=optax.constant_schedule(sigma))
 
@@ -37,6 +45,11 @@ STRATEGIES: dict[str, tuple[Callable, str | None, str]] = {
                                                optimizer=optax.adam(0.05)), None, "distribution"),
     "simple_ga": (_std_schedule(SimpleGA), None, "population"),
 }
+
+
+# The smallest population each strategy works with (CMA-ES with one individual has no parents to
+# recombine: its covariance update divides by zero and every genome from generation 2 on is NaN).
+MIN_POPULATION = {"cma_es": 2, "sep_cma_es": 2, "open_es": 2, "simple_ga": 2}
 
 
 @struct.dataclass
@@ -55,6 +68,9 @@ class Strategy:
         make, sigma_field, self.kind = STRATEGIES[name]
         self.genome = genome
         self.pop_size = int(evo.population_size)
+        if self.pop_size < MIN_POPULATION[name]:
+            raise ValueError(f"evo.population_size={self.pop_size} is too small for evo.strategy={name!r}: "
+                             f"it needs at least {MIN_POPULATION[name]}")
         self.sigma = float(evo.sigma)
         try:
             self.algo = make(self.pop_size, genome.initial(), self.sigma)
@@ -68,9 +84,12 @@ class Strategy:
         unknown = set(extra) - valid
         if unknown:
             raise ValueError(f"evo.strategy_params: unknown field(s) {sorted(unknown)} of {name}; valid: {sorted(valid)}")
-        self.params = params.replace(**{k: jnp.asarray(v) if isinstance(v, (int, float)) else v
-                                        for k, v in extra.items()})
-        self.warm = int(round(float(evo.get("warm_start", 0.0)) * int(evo.num_generations)))
+        bad = {k: v for k, v in extra.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise ValueError(f"evo.strategy_params.{k}={v!r} must be a number (a field of {name}'s Params)")
+        self.params = params.replace(**{k: jnp.asarray(v) for k, v in extra.items()})
+        self.warm = warm_generations(evo)
         self.resample = evo.get("infeasible", "resample") == "resample"
         self.max_resamples = int(evo.get("max_resamples", 20))
         self.n_genes = genome.size
