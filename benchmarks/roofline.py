@@ -132,8 +132,9 @@ def main(argv=None) -> dict:
     lc = loop_costs(tr, members, 1)
     n_upd = ppo.cfg.n_epochs * ppo.cfg.n_minibatches
     update = (n_upd * lc["minibatch_update"]["flops"] / ppo.batch_size, n_upd * lc["minibatch_update"]["bytes"] / ppo.batch_size)
-    policy = (max(lc["rollout_step"]["flops"] / args.n_envs - c["base"][0], 0.0),
-              max(lc["rollout_step"]["bytes"] / args.n_envs - c["base"][1], 0.0))  # rollout step minus its env step (counted once)
+    ts = jax.tree.map(lambda x: x[0], members.ts)  # one individual: its params and n_envs env states
+    fwd = jax.jit(lambda p, obs, e: ppo.network.apply(p, obs, e)).lower(ts.params, ts.env_state.obs, ts.eyes).compile()
+    policy = tuple(x / args.n_envs for x in cost(fwd))  # the rollout's policy forward, per env step
 
     def per_step(it, wk):
         return tuple(rest[i] + it * solver[i] + wk * walk[i] + policy[i] + update[i] for i in range(2))
