@@ -117,6 +117,9 @@ class RunFolder:
             _lock(fd, path)
             run = cls._check_kind(path, kind)
             resumed = (path / "config.yaml").is_file()
+            if not resumed:
+                _refuse_headless(path)
+            _remove_stale_temporaries(path)
             changed = False
             cfg = located(cfg, path)
             if resumed:
@@ -184,6 +187,30 @@ def located(cfg: DictConfig, path: str | Path) -> DictConfig:
     with read_write(cfg):
         cfg.run_dir = str(Path(path).absolute())
     return cfg
+
+
+# What only a started run writes: a folder holding any of these holds a run
+RUN_RECORDS = ("checkpoints", "best", "evolution", "generation", "metrics.jsonl", "evaluations.jsonl",
+               "seeds.jsonl", "population.csv", "generations.jsonl", "training.jsonl", "starts.jsonl")
+
+
+def _refuse_headless(path: Path) -> None:
+    """A folder with a run's records or checkpoints but no config.yaml is not a new run: treating it
+    as one would continue old checkpoints under whatever config the command gives."""
+    held = [n for n in RUN_RECORDS if (path / n).exists()]
+    if held:
+        hydra = path / ".hydra" / "config.yaml"
+        how = (f"restore it (the creating command's config is {hydra}: `cp {hydra} {path / 'config.yaml'}`, then "
+               f"apply any allow_changes made since)" if hydra.is_file() else "put back the run's config.yaml")
+        raise ConfigError(f"run_dir={str(path)!r} holds a run ({', '.join(held)}) but no config.yaml: {how}, "
+                          f"or pass another run_dir for a new run")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """`.<name>.tmp-<pid>` files a killed atomic_write left behind (the lock is held: none is live)."""
+    for tmp in path.glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _lock(fd: int, path: Path) -> None:

@@ -258,3 +258,40 @@ def test_non_finite_genomes_are_an_error_never_a_record(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="generation 1: evo.strategy='cma_es' proposed non-finite genomes"):
         evolve(aci_jax.load_config("detection", ["trainer.mode=test", "evo.population_size=4"]), tmp_path)
     assert not (tmp_path / "population.csv").exists() and not (tmp_path / "generations.jsonl").exists()
+
+
+def test_damaged_or_missing_records_are_refused_or_repaired(tmp_path, capsys):
+    """Test mode, 3 generations: a garbage line mid-population.csv is a ConfigError naming file and
+    line; a torn last line is dropped once and the file rewritten; population.csv or config.yaml gone
+    while checkpoints hold generations is refused with how to recover; shrinking num_generations is
+    refused before config.yaml changes; a stale temporary file is removed. The original command then
+    works on the same folder."""
+    from aci_jax.config import ConfigError
+
+    cfg = lambda n=3: aci_jax.load_config("detection", ["trainer.mode=test", "evo.population_size=4",
+                                                        f"evo.num_generations={n}"])
+    evolve(cfg(), tmp_path)
+    pop = tmp_path / "population.csv"
+    good = pop.read_text()
+    lines = good.splitlines(keepends=True)
+    pop.write_text("".join(lines[:3] + ["garbage,1\n"] + lines[3:]))
+    with pytest.raises(ConfigError, match=r"population.csv, line 4: not a population row"):
+        evolve(cfg(), tmp_path)
+    pop.write_text(good + "2,0,1,0.1")  # torn last line
+    evolve(cfg(), tmp_path)
+    assert pop.read_text() == good and capsys.readouterr().out.count("dropped a torn last line") == 1
+    (tmp_path / ".population.csv.tmp-99999").write_text("")
+    config = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="num_generations=2 is below the 3 generations"):
+        evolve(cfg(2), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == config
+    pop.unlink()
+    with pytest.raises(ConfigError, match="holds 3 generation.*but not population.csv"):
+        evolve(cfg(), tmp_path)
+    pop.write_text(good)
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match="holds a run .*but no config.yaml"):
+        evolve(cfg(), tmp_path)
+    (tmp_path / "config.yaml").write_text(config)
+    assert evolve(cfg(4), tmp_path)["generations"] == 1  # extends as usual
+    assert not (tmp_path / ".population.csv.tmp-99999").exists()  # the killed write's leftover, removed

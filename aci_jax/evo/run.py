@@ -154,6 +154,7 @@ def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None, 
     (tests of resume), or at the first segment boundary after `deadline` (`time.time()`; a time
     budget, e.g. benchmarks/gpu_check.py's): what was done is checkpointed, the same call resumes.
     Returns {'generations' (done in this call), 'best' (best.json's content), 'stopped' (early)}."""
+    distributed.on_writer(lambda: _refuse_shrinking(cfg, Path(run_dir)))
     folder = distributed.on_writer(lambda: RunFolder.open(run_dir, cfg, "evo"))
     try:
         run_cfg = folder.cfg if folder is not None else located(cfg, Path(run_dir))
@@ -162,6 +163,15 @@ def evolve(cfg: DictConfig, run_dir: str | Path, stop_after: int | None = None, 
     finally:
         if folder is not None:
             folder.close()
+
+
+def _refuse_shrinking(cfg: DictConfig, run_dir: Path) -> None:
+    """evo.num_generations below the generations a run already holds: refused before config.yaml is
+    touched (a larger value extends the run)."""
+    held = len(read_jsonl(run_dir / "generations.jsonl")) if (run_dir / "config.yaml").is_file() else 0
+    if held > int(cfg.evo.num_generations):
+        raise ConfigError(f"evo.num_generations={int(cfg.evo.num_generations)} is below the {held} generations "
+                          f"run_dir={str(run_dir)!r} holds; valid: >= {held} (a larger value extends it)")
 
 
 def _fixed_warm_start(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -226,6 +236,7 @@ class _Loop:
 
     def run(self) -> dict:
         state, g0 = self._restore_evolution()
+        distributed.on_writer(lambda: self._check_records(g0))
         distributed.on_writer(lambda: self._truncate_records(g0))
         if g0 >= self.n_gen and self.writer:
             print(f"[evo] finished: {g0} generations (raise evo.num_generations to extend)")
@@ -242,6 +253,20 @@ class _Loop:
         print(f"[evo] {done} generations in {time.perf_counter() - self.t0:.1f} s; run folder {self.dir}")
         return {"generations": done, "best": best, "state": state, "stopped": stopped,
                 "warm_generations": self.evo.strategy.warm}
+
+    def _check_records(self, g0: int) -> None:
+        """Generations checkpointed but their records gone: refused, never restarted silently."""
+        if g0 == 0:
+            return
+        missing = [n for n in ("population.csv", "generations.jsonl") if not (self.dir / n).is_file()]
+        if missing:
+            raise ConfigError(f"run_dir={str(self.dir)!r} holds {g0} generation(s) in evolution/ but not "
+                              f"{', '.join(missing)}: put the file(s) back (a copy of the run folder), or pass another "
+                              f"run_dir for a new run")
+        held = len(read_jsonl(self.dir / "generations.jsonl"))
+        if held < g0:
+            raise ConfigError(f"{self.dir / 'generations.jsonl'} holds {held} generation(s), the checkpoint {g0}: "
+                              f"the records were cut; put the file back or pass another run_dir")
 
     def _restore_evolution(self) -> tuple[EvoState, int]:
         """(strategy state, generations done) from `evolution/`: read by process 0, shared."""
@@ -491,8 +516,9 @@ class _Loop:
         if p.exists():
             rows = read_population(p)
             keep = [r for r in rows if int(r["generation"]) < g0]
-            if len(keep) != len(rows):
-                _write_csv(p, keep, list(rows[0].keys()) if rows else None)
+            fields = list(rows[0].keys()) if rows else next(csv.reader([p.read_text().split("\n", 1)[0]]), None)
+            if _csv_text(keep, fields) != p.read_text():  # rows of a killed run, or a torn last line
+                _write_csv(p, keep, fields)
 
     def _record(self, g, raw, eyes, ok, bad, seeds, res, fitness, trained, tm, wall) -> None:
         genome = self.evo.genome
@@ -568,17 +594,37 @@ class _Loop:
 
 
 def read_population(path: Path) -> list[dict]:
-    """population.csv rows as dicts of strings (a torn last line, from a crash, is dropped)."""
-    text = Path(path).read_text()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
+    """population.csv rows as dicts of strings. A torn last line (cut short, whether or not it ends in
+    a newline) is dropped with one notice; a bad line elsewhere is a ConfigError naming file and line."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines:
+        return []
+    header = next(csv.reader([lines[0]]))
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = next(csv.reader([line]), [])
+        ok = len(fields) == len(header) and fields[0].strip().lstrip("-").isdigit()
+        if not ok:
+            if i == len(lines):
+                print(f"[evo] {path}: dropped a torn last line (line {i}; a crash or a cut copy)", flush=True)
+                break
+            raise ConfigError(f"{path}, line {i}: not a population row ({len(fields)} fields, expected "
+                              f"{len(header)}); fix or delete that line")
+        rows.append(dict(zip(header, fields)))
+    return rows
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str] | None) -> None:
+def _csv_text(rows: list[dict], fields: list[str] | None) -> str:
     buf = io.StringIO()
     if fields:
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None) -> None:
+    atomic_write(path, _csv_text(rows, fields))
