@@ -98,7 +98,7 @@ ROLLOUT = (
                                 and all(_is_num(x) and 0 < x <= 1 for x in v), " must be a list of numbers in (0, 1]"),
                            "one aperture: the eye's own")),
 )
-EVAL = (("params", choice("best", "last")), ("viewer", BOOL))
+EVAL = (("params", choice("best", "last")), ("viewer", BOOL), ("seed", nullable(count(0), "every seed")))
 ENV = (
     ("physics_dt", POSITIVE), ("frame_skip", count()), ("max_episode_steps", count()),
     ("frame_stack", count()), ("n_envs", count()), ("maze_selection", choice("cycle", "random")),

@@ -62,6 +62,56 @@ def load_params(b: Built, cfg, run_dir: Path) -> tuple:
     return *checkpoint.load_params(run_dir, like), eyes, "last"
 
 
+def _kind(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("kind")
+    except (OSError, ValueError):
+        return None
+
+
+def eval_seeds(b: Built, cfg, run_dir: Path) -> dict:
+    """A `train.seeds` run: every seed's best parameters (stacked in best/), or the one `eval.seed`
+    names, evaluated as `aci_jax.train` evaluates one run (`eval_seed<S>.json` and videos each);
+    `eval.json` holds each seed's figures and their spread."""
+    import json
+
+    from aci_jax.seeds import STATS, spread
+
+    n = int(cfg.train.seeds)
+    seeds = [int(cfg.seed) + i for i in range(n)]
+    chosen = cfg.eval.get("seed")
+    if chosen is not None and int(chosen) not in seeds:
+        raise ConfigError(f"eval.seed={chosen}: not a seed of this run; valid: {seeds} (or null: all)")
+    if cfg.eval.params != "best" or not checkpoint.has_steps(run_dir / "best"):
+        raise ConfigError(f"run_dir={str(run_dir)!r} is a train.seeds run: its seeds' best parameters are in best/, "
+                          f"written when the run finishes (eval.params=best); finish it first (rerun its command)")
+    one = jax.eval_shape(b.ppo.init, jax.random.PRNGKey(0)).params
+    like = jax.tree.map(lambda x: np.zeros((n, *x.shape), x.dtype), one)
+    params, step = checkpoint.load_params(run_dir / "best", like)
+    eyes = b.ppo.env.default_eyes
+    reports = {}
+    for i, s in enumerate(seeds):
+        if chosen is None or int(chosen) == s:
+            c = OmegaConf.merge(cfg, {"seed": s})
+            r = write_evaluation(b, jax.tree.map(lambda x: x[i], params), eyes, c, run_dir, step, f"best_seed{s}",
+                                 name=f"eval_seed{s}.json")
+            reports[s] = {"fitness": r["fitness"], "success": r["success_rate"], "mean_return": r["mean_return"],
+                          **{f"selection_{k}": r["selection"][v] for k, v in
+                             (("fitness", "fitness"), ("success", "success_rate"), ("return", "mean_return"))}}
+    keys = [k for k in STATS if all(k in r for r in reports.values())]
+    out = {"params": "best", "env_steps": step, "seeds": reports,
+           "summary": {k: spread([r[k] for r in reports.values()]) for k in keys}}
+    atomic_write(run_dir / "eval.json", json.dumps(out, indent=1))
+    f = out["summary"]["fitness"]
+    text = (f"run {run_dir} ({cfg.expname}), {len(reports)} seed(s), best parameters: fitness mean {f['mean']:.3f} "
+            f"[{f['min']:.3f}, {f['max']:.3f}], success mean {out['summary']['success']['mean']:.3f}\n")
+    atomic_write(run_dir / "eval_summary.txt", text)
+    print(text, end="")
+    return out
+
+
 def show_in_viewer(b: Built, params, eyes, key: jax.Array, fps: float = 10.0) -> None:
     """Play one evaluation env live in MuJoCo's passive viewer, posed from the MJX state each step."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -100,6 +150,8 @@ def _main(argv: list[str]) -> dict:
     backend.check("eval", bool(cfg.get("allow_cpu", False)))
     compile_cache.enable()
     b = build(cfg)
+    if _kind(run_dir) == "seeds":
+        return eval_seeds(b, cfg, run_dir)
     params, step, eyes, which = load_params(b, cfg, run_dir)
     report = write_evaluation(b, params, eyes, cfg, run_dir, step, which, name="eval.json")
     summary = (f"run {run_dir} ({cfg.expname}), {which} parameters from env step {step:,}\n"

@@ -237,3 +237,9 @@ def test_seeds_train_as_one_program_each_equal_to_its_solo_run(full_run, tmp_pat
     assert summary["fitness"]["min"] == pytest.approx(min(fits)) and summary["success"]["n"] == 2
     assert summary["evaluation"] == "final" and summary["selection_success"]["n"] == 2
     assert (tmp_path / "plots" / "seeds.png").stat().st_size > 0 and list((tmp_path / "videos").glob("*.mp4"))
+    # the eval command on a seeds folder: every seed's best parameters (stacked in best/), or one
+    ev = eval_cmd.main([f"run_dir={tmp_path}"])
+    assert sorted(ev["seeds"]) == [0, 1] and ev["summary"]["fitness"]["n"] == 2
+    assert ev["seeds"][0]["fitness"] == pytest.approx(float(table[0]["fitness"]), rel=1e-4, abs=1e-4)
+    assert list(eval_cmd.main([f"run_dir={tmp_path}", "eval.seed=1"])["seeds"]) == [1]
+    assert (tmp_path / "eval_seed1.json").is_file()

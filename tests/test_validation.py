@@ -120,6 +120,7 @@ BAD = [  # (overrides, the key the error must name)
     (["evo.devices=gpu"], "evo.devices='gpu'"),
     (["train.seeds=0"], "train.seeds=0"),
     (["train.final_eval_envs=-1"], "train.final_eval_envs=-1"),
+    (["eval.seed=-1"], "eval.seed=-1"),
     (["evo.population_size=1"], "evo.population_size=1 is too small for evo.strategy='cma_es'"),
     (["evo.strategy=sep_cma_es", "evo.population_size=1"], "evo.population_size=1 is too small"),
     (["evo.devices=99"], "evo.devices=99: only 1 local device(s)"),
