@@ -30,7 +30,6 @@ import math
 import os
 import socket
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -247,12 +246,14 @@ def _under(key: str, roots: Iterable[str]) -> bool:
 def config_changes(saved: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (saved value, new value)} of every leaf that differs (missing: '<absent>').
 
-    A key missing on one side and null on the other is no change: keys added to the configs later
-    default to null, meaning the behaviour from before they existed (e.g. `env.render.max_pixels`)."""
+    A key missing on one side and null (or {} or []) on the other is no change: keys added to the
+    configs later default to null, meaning the behaviour from before they existed (e.g.
+    `env.render.max_pixels`, `env.physics_impl`)."""
     a = _flat(OmegaConf.to_container(saved, resolve=True))
     b = _flat(OmegaConf.to_container(new, resolve=True))
+    empty = lambda v: v is None or v == {} or v == []  # absent, null, {} and [] say the same: nothing
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)}
+            if a.get(k) != b.get(k) and not (empty(a.get(k)) and empty(b.get(k)))}
 
 
 def _agree(saved: DictConfig, new: DictConfig, path: Path) -> DictConfig:
@@ -325,10 +326,9 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: skipping a torn last line ({len(line)} characters; a crash during "
-                              f"its append)", stacklevel=2)
-                print(f"[run] {path}: skipped a torn last line (a crash during its append)", flush=True)
+            if i == len(lines) - 1:  # one notice (stdout, where the command's progress goes)
+                print(f"[run] {path}: skipped a torn last line ({len(line)} characters; a crash during its "
+                      f"append)", flush=True)
             else:
                 raise ConfigError(f"{path}, line {i + 1}: not JSON ({e}); fix or delete that line") from None
     return rows

@@ -2,7 +2,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # The persistent compilation cache (aci_jax.compile_cache, on by default for the commands) is opt-in

@@ -38,9 +38,12 @@ def summary(run_dir: Path) -> dict:
 
 
 def analyze(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, list[dict]]:
-    for d in run_dirs:
+    for d in run_dirs:  # every folder checked before any plot is rewritten
+        if not d.is_dir():
+            raise ConfigError(f"run_dir={str(d)!r} does not exist")
         if not (d / "population.csv").exists():
             raise ConfigError(f"run_dir={str(d)!r} holds no population.csv: not an evolution run folder")
+    for d in run_dirs:
         plot_run(d)
     out = Path(out) if out else run_dirs[0] / "plots"
     out.mkdir(parents=True, exist_ok=True)
