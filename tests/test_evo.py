@@ -231,7 +231,7 @@ def _genome_optics():
     return cfg, genome_of(cfg)
 
 
-def test_extension_keeps_the_warm_start_it_started_with(tmp_path):
+def test_extension_keeps_the_warm_start_it_started_with(tmp_path, capsys):
     """warm_start 0.5 of 4 generations = 2 generations of random search, fixed at the start
     (warm_start.json): extended to 10, the run goes on with CMA-ES, not round(0.5 × 10) = 5."""
     base = ["trainer.mode=test", "evo.warm_start=0.5", "evo.population_size=4"]
@@ -239,6 +239,7 @@ def test_extension_keeps_the_warm_start_it_started_with(tmp_path):
     assert out["warm_generations"] == 2
     out = evolve(aci_jax.load_config("detection", [*base, "evo.num_generations=10"]), tmp_path)
     assert out["generations"] == 6 and out["warm_generations"] == 2
+    assert "resuming at generation 5/10 (4 done)" in capsys.readouterr().out
     assert json.loads((tmp_path / "warm_start.json").read_text())["generations"] == 2
     # a fresh 10-generation run computes its own: 5
     assert evolve(aci_jax.load_config("detection", [*base, "evo.num_generations=10"]), tmp_path / "b")["warm_generations"] == 5

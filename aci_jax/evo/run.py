@@ -240,6 +240,8 @@ class _Loop:
         distributed.on_writer(lambda: self._truncate_records(g0))
         if g0 >= self.n_gen and self.writer:
             print(f"[evo] finished: {g0} generations (raise evo.num_generations to extend)")
+        elif g0 > 0 and self.writer:
+            print(f"[evo] resuming at generation {g0 + 1}/{self.n_gen} ({g0} done)", flush=True)
         done, stopped = 0, False
         try:
             for g in range(g0, self.n_gen):
