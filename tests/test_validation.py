@@ -186,7 +186,14 @@ def test_missing_optional_keys_of_an_older_run_config_use_defaults():
                          ("train", "eval_envs"), ("trainer", "clip_range_vf")):
         del cfg[section][key]
     del cfg["env"]["render"]["view_size"], cfg["rollout"], cfg["eval"], cfg["trainer"]["network"]
-    validate(OmegaConf.create(cfg))
+    old = OmegaConf.create(cfg)
+    validate(old)  # accepted, and the code reads the defaults of what is missing:
+    from aci_jax.rl.networks import NetworkConfig
+    from aci_jax.rl.ppo import PPOConfig
+
+    ppo = PPOConfig.from_config(old.trainer)
+    assert ppo.clip_range_vf is None and ppo.network == NetworkConfig()
+    assert int(old.train.get("eval_envs") or old.env.n_envs) == old.env.n_envs
 
 
 def _command(*args, tmp_path):
@@ -210,3 +217,4 @@ def test_commands_print_one_line_and_exit_2(args, message, tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert not (tmp_path / "run").exists()  # Hydra's folder, made before the error, is removed
