@@ -111,14 +111,36 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path:
-    """mp4 when ffmpeg is available (imageio-ffmpeg), else gif; returns the path written."""
+    """mp4 when ffmpeg is available (imageio-ffmpeg's binary), else gif; returns the path written.
+
+    ffmpeg is started with posix_spawn, not fork (`_spawn_ffmpeg`): JAX runs threads, and a fork of a
+    multithreaded process can deadlock (Python warns about it at every fork)."""
     frames = [to_uint8(f) for f in frames]
     # Even sizes for yuv420p encoders.
     frames = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]
     path = Path(path)
     try:
-        imageio.mimsave(path.with_suffix(".mp4"), frames, fps=fps, macro_block_size=1)
+        _spawn_ffmpeg(frames, path.with_suffix(".mp4"), fps)
         return path.with_suffix(".mp4")
-    except Exception:  # no ffmpeg backend
+    except (ImportError, OSError, RuntimeError):  # no ffmpeg
         imageio.mimsave(path.with_suffix(".gif"), frames, duration=1 / fps)
         return path.with_suffix(".gif")
+
+
+def _spawn_ffmpeg(frames: list[np.ndarray], out: Path, fps: int) -> None:
+    """Encode RGB uint8 frames to H.264 mp4 with imageio-ffmpeg's ffmpeg, fed through a pipe. The
+    arguments meet subprocess's conditions for posix_spawn (an absolute executable, close_fds=False,
+    no cwd or preexec_fn, pipes above fd 2), so the child is spawned, never forked."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    h, w = frames[0].shape[:2]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", str(fps), "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+           "-crf", "20", str(out)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            close_fds=False)
+    _, err = proc.communicate(b"".join(np.ascontiguousarray(f[..., :3]).tobytes() for f in frames))
+    if proc.returncode:
+        raise RuntimeError(f"ffmpeg failed writing {out}: {err.decode(errors='replace')[-300:]}")
