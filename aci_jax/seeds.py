@@ -75,8 +75,7 @@ class _Seeds:
                                          int(t.get("eval_every") or 0), t.get("early_stop"), self.b.final_rounds)
         self.seeds = np.minimum(int(cfg.seed) + np.arange(self.size), int(cfg.seed) + self.n - 1).astype(np.int32)
         self.init = self.devices.program(self.trainer.init)
-        lengths = self.trainer.lengths
-        self.segment = {n: self.devices.program(lambda m, n=n: self.trainer.segment(m, n)) for n in set(lengths)}
+        self.segment = self.devices.segment_program(self.trainer)  # one program for every segment length
         self.final = self.devices.program(self.trainer.final) if self.b.final_rounds else None
 
     def _eyes(self):
@@ -103,7 +102,7 @@ class _Seeds:
                 if stop_after is not None and done >= stop_after:
                     return {"seeds": self.n, "summary": None, "segments": done}
                 t = time.perf_counter()
-                member, metrics = self.segment[lengths[s]](member)
+                member, metrics = self.segment(member, lengths[s])
                 metrics = {k: np.asarray(v)[:self.n] for k, v in jax.device_get(metrics).items()}
                 dt = time.perf_counter() - t
                 done += 1

@@ -296,3 +296,19 @@ def test_damaged_or_missing_records_are_refused_or_repaired(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text(config)
     assert evolve(cfg(4), tmp_path)["generations"] == 1  # extends as usual
     assert not (tmp_path / ".population.csv.tmp-99999").exists()  # the killed write's leftover, removed
+
+
+def test_one_segment_program_serves_every_segment_length():
+    """A segment of 1 iteration run by the 3-iteration program (n_iter=1: the other two skipped by a
+    cond) equals the 1-iteration program's, state and metrics; so a run with segment lengths
+    [3, 3, 1] compiles one program, not two."""
+    from aci_jax.evo.run import build_evolution
+
+    evo = build_evolution(aci_jax.load_config("detection", TINY))
+    tr = evo.trainer
+    eyes = jax.tree.map(lambda x: x[None], evo.genome.base)
+    m = jax.jit(jax.vmap(tr.init))(jnp.asarray([7], jnp.int32), eyes)
+    one = jax.jit(jax.vmap(lambda m: tr.segment(m, 1)))(m)
+    skip = jax.jit(jax.vmap(lambda m, n: tr.segment(m, 3, n), in_axes=(0, None)))(m, jnp.int32(1))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, skip)
+    assert int(skip[0].ts.iteration[0]) == 1 and int(skip[0].ts.env_steps[0]) == tr.ppo.batch_size

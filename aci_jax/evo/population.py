@@ -92,17 +92,31 @@ class PopulationTrainer:
         return Member(ts, jnp.asarray(seed, jnp.int32), ts.params, f(-jnp.inf), f(-jnp.inf), f(jnp.nan),
                       jnp.int32(-1), jnp.int32(0), jnp.bool_(True), jnp.bool_(False))
 
-    def segment(self, m: Member, length: int) -> tuple[Member, dict]:
-        def step(carry, _):
-            ts, active, diverged = carry
-            new, metrics = self.ppo.iteration(ts)
-            ok = _finite(new, metrics)
-            keep = active & ok
-            ts = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, ts)
-            return (ts, keep, diverged | (active & ~ok)), {k: jnp.where(keep, metrics[k], jnp.nan)
-                                                           for k in TRAIN_METRICS}
+    @property
+    def program_length(self) -> int:
+        """Iterations of the one compiled segment program (the longest segment): shorter segments run
+        it with `n_iter` < this, the extra iterations skipped by a `lax.cond` (not computed)."""
+        return max(self.lengths)
 
-        (ts, active, diverged), train = jax.lax.scan(step, (m.ts, m.active, m.diverged), None, length=length)
+    def segment(self, m: Member, length: int, n_iter: jax.Array | None = None) -> tuple[Member, dict]:
+        """`length` PPO iterations, of which only the first `n_iter` (default: all) run, then one
+        evaluation. Pass `n_iter` unbatched (vmap in_axes None): the skip is then a real branch, so one
+        program of `program_length` serves every segment length instead of one compile per length."""
+        def step(carry, i):
+            ts, active, diverged = carry
+            if n_iter is None:
+                new, metrics = self.ppo.iteration(ts)
+                run = jnp.bool_(True)
+            else:
+                run = i < n_iter
+                new, metrics = jax.lax.cond(run, self.ppo.iteration, self._skipped, ts)
+            ok = _finite(new, metrics)
+            keep = active & ok & run
+            ts = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, ts)
+            return (ts, active & (ok | ~run), diverged | (active & ~ok & run)), {
+                k: jnp.where(keep, metrics[k], jnp.nan) for k in TRAIN_METRICS}
+
+        (ts, active, diverged), train = jax.lax.scan(step, (m.ts, m.active, m.diverged), jnp.arange(length))
         out = self.evaluate(ts.params, ts.eyes, selection_key(m.seed))
         mean = jnp.nanmean(out["return"])
         fit = fitness_of(out["return"])
@@ -120,6 +134,11 @@ class PopulationTrainer:
                    "train_success": jnp.nanmean(train["episode_success"]),
                    "eval_return": mean, "eval_success": success, "eval_fitness": fit, "env_steps": ts.env_steps}
         return m, metrics
+
+    def _skipped(self, ts: TrainState) -> tuple[TrainState, dict]:
+        """An iteration not run: the state as it is, and metrics shaped as an iteration's (zeros)."""
+        shapes = jax.eval_shape(self.ppo.iteration, ts)[1]
+        return ts, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
     def final(self, m: Member) -> dict:
         """The final evaluation of the best parameters on fresh episodes: fitness, success, mean return."""
@@ -152,11 +171,20 @@ class OverDevices:
         self.mesh = Mesh(np.array(self.devices), ("pop",)) if self.n > 1 else None
         self.processes = len({d.process_index for d in self.devices})
 
-    def program(self, fn: Callable) -> Callable:
+    def program(self, fn: Callable, in_axes=0) -> Callable:
+        """`jit(vmap(fn, in_axes))`, split over the devices; arguments with in_axes None (a tuple per
+        argument) are the same for every individual and replicated."""
         if self.mesh is None:
-            return jax.jit(jax.vmap(fn))
+            return jax.jit(jax.vmap(fn, in_axes=in_axes))
         pop = PartitionSpec("pop")
-        return jax.jit(jax.shard_map(jax.vmap(fn), mesh=self.mesh, in_specs=pop, out_specs=pop, check_vma=False))
+        specs = pop if not isinstance(in_axes, tuple) else tuple(pop if a == 0 else PartitionSpec() for a in in_axes)
+        return jax.jit(jax.shard_map(jax.vmap(fn, in_axes=in_axes), mesh=self.mesh, in_specs=specs, out_specs=pop,
+                                     check_vma=False))
+
+    def segment_program(self, trainer: "PopulationTrainer") -> Callable:
+        """`run(member, length)`: one compiled program for every segment length (`PopulationTrainer.segment`)."""
+        prog = self.program(lambda m, n: trainer.segment(m, trainer.program_length, n), in_axes=(0, None))
+        return lambda member, length: prog(member, jnp.int32(length))
 
     def put(self, tree):
         if self.mesh is None:

@@ -223,7 +223,7 @@ class _Loop:
         if evo.trainer is not None:
             tr = evo.trainer
             self.init = self.devices.program(tr.init)
-            self.segment = {n: self.devices.program(lambda m, n=n: tr.segment(m, n)) for n in set(tr.lengths)}
+            self.segment = self.devices.segment_program(tr)  # one program for every segment length
             self.final = self.devices.program(tr.final) if tr.final_rounds else None
         self.told = str(self.cfg.evo.get("fitness", "final")) if not evo.test_mode else "selection"
         self.t0 = time.perf_counter()
@@ -362,7 +362,7 @@ class _Loop:
                         self._save_generation(g, b, s, member, res, gen_best)
                     raise _Stop
                 t = time.perf_counter()
-                member, metrics = self.segment[lengths[s]](member)
+                member, metrics = self.segment(member, lengths[s])
                 metrics = self.devices.get(metrics)
                 dt = time.perf_counter() - t
                 self.segments_done += 1
