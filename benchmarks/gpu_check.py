@@ -68,7 +68,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, CPU: the same code in < 5 minutes")
-    p.add_argument("--budget-s", type=float, default=None, help="whole run (default 540 s; smoke 240 s)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="whole run (default 540 s; smoke 1800 s: the smoke run checks code, not speed, and must not "
+                        "skip a part on a loaded machine)")
     p.add_argument("--evo-steps", type=int, default=None, help="env steps per individual (default 300k; smoke 64)")
     p.add_argument("--evo-dir", type=Path, default=None, help="the evolution's run folder (default /tmp/gpu_check_evo)")
     p.add_argument("--skip", nargs="*", default=[], choices=["env", "population", "evolution"])
@@ -293,7 +295,7 @@ def part_evolution(rep: Report, args, sizes: dict, t0: float, deadline_wall: flo
 def main(argv=None) -> dict:
     args = parse(argv)
     sizes = SMOKE if args.smoke else FULL
-    budget = args.budget_s or (240.0 if args.smoke else 540.0)
+    budget = args.budget_s or (1800.0 if args.smoke else 540.0)
     if args.smoke:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
