@@ -96,8 +96,8 @@ def _row(name: str, eyes: dict, sub: Path) -> dict:
     summary = json.loads((sub / "summary.json").read_text())
     seeds = list(csv.DictReader(io.StringIO((sub / "seeds.csv").read_text())))
     num = lambda v: float(v) if v not in ("", None) else math.nan
-    row = {"layout": name, "n_eyes": eyes["num_eyes"][1], "width": eyes["resolution"][0], "fov_x": eyes["fov"][0],
-           "lon_range": eyes["lon_range"][1], "pixels": eyes["pixels"], "seeds": len(seeds),
+    row = {"layout": name, "n_eyes": eyes["num_eyes"][1], "width": eyes["resolution"][0],
+           "fov_x": round(eyes["fov"][0], 3), "lon_range": round(eyes["lon_range"][1], 3), "pixels": eyes["pixels"], "seeds": len(seeds),
            "evaluation": summary.get("evaluation", "selection")}
     for k in STATS:
         for s in ("mean", "median", "std", "min", "max"):
@@ -136,7 +136,7 @@ def plot_landscape(run_dir: Path, rows: list[dict]) -> Path:
             if r[f"{k}_mean"] is not None:
                 ax.errorbar(i + 0.25, r[f"{k}_mean"], yerr=r[f"{k}_std"], fmt="s", color="C0", capsize=4)
         ax.set_xticks(x, [f"{r['layout']}\n{r['n_eyes']}x{r['width']}px ±{r['lon_range']:g}°" for r in rows], fontsize=8)
-        ax.set(ylabel=label)
+        ax.set(ylabel=label, xlim=(-0.5, len(rows) - 0.5))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run_dir.name}: grey = seeds, blue = mean ± std")
     return save_figure(fig, run_dir / "plots" / "landscape.png")
