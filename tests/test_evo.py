@@ -312,3 +312,25 @@ def test_one_segment_program_serves_every_segment_length():
     skip = jax.jit(jax.vmap(lambda m, n: tr.segment(m, 3, n), in_axes=(0, None)))(m, jnp.int32(1))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, skip)
     assert int(skip[0].ts.iteration[0]) == 1 and int(skip[0].ts.env_steps[0]) == tr.ppo.batch_size
+
+
+def test_landscape_layouts_are_points_of_the_evolutions_search_space():
+    """aci_jax.landscape decodes each layout's gene values with the evolution's genome: the paper's
+    detection eye is 3 eyes of 14×1 px over ±30° (42 px); a missing gene, a value out of bounds and an
+    infeasible layout are ConfigErrors naming the layout."""
+    from aci_jax.config import ConfigError
+    from aci_jax.landscape import layout_eyes
+
+    cfg, g = _genome()
+    cat = cfg.landscape.catalogue
+    e = layout_eyes(g, "detection", dict(cat.detection))
+    assert e["num_eyes"] == [1, 3] and e["resolution"] == [14, 1] and e["pixels"] == 42
+    assert e["fov"][0] == pytest.approx(30.0, abs=1e-3) and e["lon_range"] == pytest.approx([-30.0, 30.0], abs=1e-3)
+    nav = layout_eyes(g, "navigation", dict(cat.navigation))
+    assert nav["num_eyes"] == [1, 10] and nav["resolution"] == [4, 1] and nav["pixels"] == 40
+    with pytest.raises(ConfigError, match=r"landscape.catalogue.x: give a value for each evolved gene.*missing \['lon_range'\]"):
+        layout_eyes(g, "x", {"n_lon": 1, "width": 1, "fov_x": 45.0})
+    with pytest.raises(ConfigError, match=r"landscape.catalogue.x.width=60 must be a number in \[1, 50\]"):
+        layout_eyes(g, "x", {"n_lon": 1, "width": 60, "fov_x": 45.0, "lon_range": 0.0})
+    with pytest.raises(ConfigError, match="landscape.catalogue.x: infeasible"):
+        layout_eyes(g, "x", {"n_lon": 10, "width": 10, "fov_x": 45.0, "lon_range": 60.0})  # 100 px > 50
