@@ -184,7 +184,14 @@ class OverDevices:
     def segment_program(self, trainer: "PopulationTrainer") -> Callable:
         """`run(member, length)`: one compiled program for every segment length (`PopulationTrainer.segment`)."""
         prog = self.program(lambda m, n: trainer.segment(m, trainer.program_length, n), in_axes=(0, None))
-        return lambda member, length: prog(member, jnp.int32(length))
+
+        def run(member, length):
+            n = np.int32(length)
+            if self.mesh is not None:  # replicated on every device of every process (a global array)
+                n = jax.make_array_from_callback((), NamedSharding(self.mesh, PartitionSpec()), lambda idx: n)
+            return prog(member, n)
+
+        return run
 
     def put(self, tree):
         if self.mesh is None:
