@@ -188,7 +188,8 @@ def located(cfg: DictConfig, path: str | Path) -> DictConfig:
     return cfg
 
 
-# What only a started run writes: a folder holding any of these holds a run
+# What only a started run writes: a folder holding any of these (an empty folder does not count: an
+# orbax manager pointed at a folder creates it) holds a run
 RUN_RECORDS = ("checkpoints", "best", "evolution", "generation", "metrics.jsonl", "evaluations.jsonl",
                "seeds.jsonl", "population.csv", "generations.jsonl", "training.jsonl", "starts.jsonl")
 
@@ -196,7 +197,7 @@ RUN_RECORDS = ("checkpoints", "best", "evolution", "generation", "metrics.jsonl"
 def _refuse_headless(path: Path) -> None:
     """A folder with a run's records or checkpoints but no config.yaml is not a new run: treating it
     as one would continue old checkpoints under whatever config the command gives."""
-    held = [n for n in RUN_RECORDS if (path / n).exists()]
+    held = [n for n in RUN_RECORDS if (path / n).is_file() or ((path / n).is_dir() and any((path / n).iterdir()))]
     if held:
         hydra = path / ".hydra" / "config.yaml"
         how = (f"restore it (the creating command's config is {hydra}: `cp {hydra} {path / 'config.yaml'}`, then "

@@ -38,7 +38,10 @@ def test_second_process_reads_the_cache(tmp_path):
     entries = sorted(p.name for p in cache.glob("*-cache"))
     assert entries, "the first process wrote no entry"
     second = _run(str(cache))
-    assert sorted(p.name for p in cache.glob("*-cache")) == entries  # nothing new compiled and written
+    new = set(p.name for p in cache.glob("*-cache")) - set(entries)
+    # the timed program was read, not compiled again (a small helper that compiled in under the
+    # cache's 1 s threshold the first time may cross it on a loaded machine and be written now)
+    assert not any(n.startswith("jit__lambda") for n in new), new
     t1, t2 = (float(o.stdout.split("seconds")[1]) for o in (first, second))
     assert t2 < t1  # read back, not compiled (the figures are in benchmarks/RESULTS.md, not asserted)
     assert compile_cache.size(cache) > 0
