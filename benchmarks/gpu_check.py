@@ -178,23 +178,29 @@ def part_env(rep: Report, args, sizes: dict, t0: float, until: float) -> None:
     plot_env(rows, args.out / "env_throughput.png")
 
 
-def plot_env(rows, path: Path) -> None:
+def _loglog(title: str, xlabel: str, ylabel: str):
+    """A log-log figure and axes (matplotlib's Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def plot_env(rows, path: Path) -> None:
+    from aci_jax.viz import save_figure
+
+    fig, ax = _loglog("detection env throughput", "envs", "env-steps/s")
     for key in sorted({(r["impl"], r["eye"]) for r in rows}):
         pts = [(r["n_envs"], r["env_steps_per_s"]) for r in rows if (r["impl"], r["eye"]) == key and "env_steps_per_s" in r]
         if pts:
             ax.plot(*zip(*pts), "o-", label=f"{key[1]} eye, impl={key[0]}")
-    ax.set(xscale="log", yscale="log", xlabel="envs", ylabel="env-steps/s", title="detection env throughput")
-    ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def part_population(rep: Report, args, sizes: dict, t0: float, until: float) -> None:
@@ -245,22 +251,15 @@ def part_population(rep: Report, args, sizes: dict, t0: float, until: float) -> 
 
 
 def plot_population(rows, path: Path) -> None:
-    import matplotlib
+    from aci_jax.viz import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig, ax = _loglog("population training", "population P", "training env-steps/s")
     ok = [r for r in rows if "population_env_steps_per_s" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
     if ok:
         ax.plot([r["population"] for r in ok], [r["population_env_steps_per_s"] for r in ok], "o-", label="population (vmap)")
         ax.plot([r["population"] for r in ok], [r["sequential_env_steps_per_s"] for r in ok], "s--", label="sequential")
-    ax.set(xscale="log", yscale="log", xlabel="population P", ylabel="training env-steps/s", title="population training")
-    ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def part_evolution(rep: Report, args, sizes: dict, t0: float, deadline_wall: float) -> None:
