@@ -41,6 +41,7 @@ def enable() -> Path | None:
         return _enabled
     path = cache_dir()
     if path is None:
+        _jax_cache(False)
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -51,13 +52,16 @@ def enable() -> Path | None:
     except OSError as e:
         print(f"[aci_jax] compilation cache off: {path} cannot be written ({e.strerror}); compiling as usual "
               f"(ACI_JAX_COMPILE_CACHE=DIR puts it elsewhere, =0 turns it off)", file=sys.stderr)
+        _jax_cache(False)
         return None
     if free < MIN_FREE:
         print(f"[aci_jax] compilation cache off: {free / 2**20:.0f} MiB free on {path}'s disk; compiling as usual",
               file=sys.stderr)
+        _jax_cache(False)
         return None
     import jax
 
+    _jax_cache(True)
     gb = float(os.environ.get("ACI_JAX_COMPILE_CACHE_GB", "8"))
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_compilation_cache_max_size", int(gb * 2**30))  # > 0: file-locked reads and writes
@@ -66,6 +70,14 @@ def enable() -> Path | None:
     warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation cache entry")
     _enabled = path
     return path
+
+
+def _jax_cache(on: bool) -> None:
+    """JAX's own switch: off, a compilation computes no cache key and takes XLA's plain path (with it
+    on and no folder, JAX still keys every program and runs its cache-writing path)."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", on)
 
 
 def size(path: Path | None = None) -> int:

@@ -19,10 +19,15 @@ def save_figure(fig, path: Path, dpi: int = 100) -> Path:
     """Lay out a matplotlib figure, write it to `path` (its folder created) and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    from aci_jax.runs import naming_errors
+
+    try:
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with naming_errors(path):  # a full disk fails at the flush, with no file named
+            fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -15,4 +15,6 @@ workers=${ACI_JAX_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   exec .venv/bin/python -m pytest tests "$@"
 fi
-exec .venv/bin/python -m pytest tests -n "$workers" --dist loadfile "$@"
+# --max-worker-restart=0: a worker that dies (an abort inside XLA) fails the run at once, naming its test;
+# replacing it under --dist loadfile can hang the whole session (pytest-xdist issue #784).
+exec .venv/bin/python -m pytest tests -n "$workers" --dist loadfile --max-worker-restart=0 "$@"

@@ -4,23 +4,29 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-# The persistent compilation cache (aci_jax.compile_cache, on by default for the commands) is opt-in
-# for the suite (ACI_JAX_TEST_CACHE=DIR): twice a CI run aborted inside XLA's executable serialisation
-# when the cache wrote an entry (jax 0.10.2, CPU, before the cache took file locks; not reproducible on
-# demand), and an abort takes the whole suite down with it. Off, the commands the tests start as
-# subprocesses do not touch ~/.cache either; tests/test_compile_cache.py turns it on in its own folders.
-if os.environ.get("ACI_JAX_TEST_CACHE"):
-    os.environ["ACI_JAX_COMPILE_CACHE"] = os.environ["ACI_JAX_TEST_CACHE"]  # the subprocesses share it
+# The persistent compilation cache (aci_jax.compile_cache) under the suite too: the tests build the
+# same tiny trainings again and again (in this process, in the commands they start as subprocesses,
+# in two processes of one evolution), and each identical program is compiled once per suite, then
+# read back. Default `.test-xla-cache/` in the checkout (kept between local runs; a fresh clone, as
+# CI, starts empty); ACI_JAX_TEST_CACHE=DIR elsewhere, =0 off. The subprocesses share it through
+# ACI_JAX_COMPILE_CACHE. (A CI worker that died inside XLA while the cache was on had run out of
+# memory mappings, not of cache: see _release_compiled_programs below.)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_cache = os.environ.get("ACI_JAX_TEST_CACHE", "").strip() or os.path.join(_REPO, ".test-xla-cache")
+if _cache.lower() not in ("0", "off", "false", "no"):
+    os.environ["ACI_JAX_COMPILE_CACHE"] = _cache
     from aci_jax import compile_cache  # noqa: E402
 
     compile_cache.enable()
 else:
     os.environ["ACI_JAX_COMPILE_CACHE"] = "0"
+    # JAX's own switch too: on (its default), every compilation still computes a cache key
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 
 # The one-node Slurm of tests/test_launch.py: started by the first test module that needs it (on any
 # pytest-xdist worker), stopped when the whole session ends, unless it was running before (.ci/run).
-_SLURM = ["bash", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "slurm-local.sh")]
+_SLURM = ["bash", os.path.join(_REPO, "scripts", "slurm-local.sh")]
 
 
 def _slurm_running() -> bool:
@@ -51,3 +57,31 @@ def pytest_sessionfinish(session, exitstatus):
         import subprocess
 
         subprocess.run([*_SLURM, "stop"], capture_output=True)
+
+
+def _mappings() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module: drop JAX's compiled programs. Every XLA:CPU executable holds ~20
+    memory mappings until its cache entry goes, and a worker that runs half the suite's modules
+    passes the kernel's vm.max_map_count (65530) — XLA then aborts inside a compilation and takes
+    the worker down (CI, 2026-12-07: always in the same late test). Programs a module's fixtures
+    still hold are recompiled if another module needs them; none is shared across modules."""
+    yield
+    import gc
+
+    import jax
+
+    before = _mappings()
+    jax.clear_caches()
+    gc.collect()
+    if os.environ.get("ACI_JAX_TEST_MAPPINGS"):  # how close a module came (for measuring the suite)
+        with open(os.environ["ACI_JAX_TEST_MAPPINGS"], "a") as f:
+            f.write(f"{os.getpid()} {before} -> {_mappings()}\n")

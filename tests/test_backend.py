@@ -88,8 +88,7 @@ def test_gpu_check_smoke_runs_every_part(tmp_path):
 
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--out", str(out),
-                        "--evo-dir", str(tmp_path / "evo")], env={**ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-                                                                  "ACI_JAX_COMPILE_CACHE": "0"},
+                        "--evo-dir", str(tmp_path / "evo")], env={**ENV, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = json.loads((out / "gpu_check.json").read_text())

@@ -26,7 +26,8 @@ print("seconds", time.perf_counter() - t)
 
 
 def _run(cache: str, **env):
-    e = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "ACI_JAX_COMPILE_CACHE": cache, **env}
+    e = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "ACI_JAX_COMPILE_CACHE": cache,
+         "JAX_ENABLE_COMPILATION_CACHE": "true", **env}  # conftest turns JAX's off for the suite; enable() turns it on
     out = subprocess.run([sys.executable, "-c", PROGRAM], env=e, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return out

@@ -86,24 +86,25 @@ def test_a_config_error_on_process_0_stops_every_process(one_process):
     assert p1.returncode == 1 and "process 0 failed (a config error" in p1.stderr
 
 
-def test_two_slurm_tasks_run_one_evolution(one_process, slurm, tmp_path):
+def test_two_slurm_tasks_run_one_evolution(slurm, tmp_path):
     """The launcher's multi-task job on the one-node Slurm of scripts/slurm-local.sh: 2 srun tasks
     (`tasks_per_node=2`; on a GPU cluster `--nodes N --gpus-per-node G`) join through Slurm's
-    environment and write the records of one process."""
+    environment and write the records of one process. Test mode (synthetic fitness): what Slurm adds
+    is the joining and the one writer; two processes training for real is the test above."""
     run = tmp_path / "run"
+    evo = ["exp=detection", "trainer.mode=test", "evo.num_generations=3", "evo.population_size=4"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert launcher.main(["--cluster", "localhost", "--set", "tasks_per_node=2", "--set", "mem_gb=6", "evo", "exp=detection", *TINY,
+        assert launcher.main(["--cluster", "localhost", "--set", "tasks_per_node=2", "--set", "mem_gb=6", "evo", *evo,
                               f"run_dir={run}"]) == 0
     (jid,) = re.findall(r"job (\d+):", buf.getvalue())
-    (job,) = _wait(jid, timeout=1200)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evolve(aci_jax.load_config("detection", evo[1:]), tmp_path / "one")
+    (job,) = _wait(jid, timeout=600)
     logs = {t: (run / "slurm" / f"{jid}_{t}_log.out").read_text() for t in (0, 1)}
     assert job["JobState"] == "COMPLETED", logs[0][-3000:]
-    assert "[dist] process 1 of 2" in logs[1] and "sub-batches of 4 individuals on 2 cpu device(s)" in logs[0]
-    a, b = read_population(one_process / "population.csv"), read_population(run / "population.csv")
-    assert len(b) == 3 and [r["seed"] for r in a] == [r["seed"] for r in b]
-    for ra, rb in zip(a, b):
-        assert float(ra["fitness"]) == pytest.approx(float(rb["fitness"]), rel=1e-4, abs=1e-4)
+    assert "[dist] process 1 of 2" in logs[1] and "[dist] process 0 of 2" in logs[0]
+    assert (run / "population.csv").read_text() == (tmp_path / "one" / "population.csv").read_text()
     assert len((run / "starts.jsonl").read_text().splitlines()) == 1
 
 

@@ -28,7 +28,7 @@ def test_gae_terminal_timeout_and_bootstrap_by_hand():
     targets, adv = gae(r, v, done, trunc, jnp.array(100.0), 0.5, 0.5)
     np.testing.assert_allclose(adv, [-3.5, -18.0, 0.0, 14.0], rtol=1e-6)
     np.testing.assert_allclose(targets, [6.5, 2.0, 30.0, 54.0], rtol=1e-6)
-    # a time-out treated as terminal would give A_2 = 3 − 30 = −27 and A_1 unchanged; treated as
+    # a time-out treated as terminal instead of masked would give A_2 = 3 − 30 = −27; treated as
     # nothing (not masked) A_2 = 3 + .5·40 − 30 + .25·14 = −3.5: both differ from the 0 above
     # batched over envs (time-major (T, n_envs)): each column is its own trajectory
     t2, a2 = gae(jnp.stack([r, r], 1), jnp.stack([v, v], 1), jnp.stack([done, 0 * done], 1),

@@ -317,6 +317,31 @@ def _fill(disk: Path) -> None:
         os.close(fd)
 
 
+def test_a_plot_on_a_full_disk_names_its_file(tmp_path, capsys):
+    """A figure written to a full disk fails at the flush (matplotlib's OSError names no file): the
+    error names the plot, and a command turns it into one line saying which file and that rerunning
+    resumes (issue 25)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aci_jax.runs import command_errors
+    from aci_jax.viz import save_figure
+
+    with _tmpfs(tmp_path / "disk", "1m") as disk:
+        target = disk / "plots" / "fitness.png"
+        target.parent.mkdir()
+        _fill(disk)
+        fig, ax = plt.subplots()
+        ax.plot(range(1000))
+        with pytest.raises(SystemExit) as e, command_errors("evo"):
+            save_figure(fig, target)
+        assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert f"evo: cannot write {target}: No space left on device" in err and "rerun the same command" in err
+
+
 def test_full_disk_exits_1_with_a_clear_message_and_the_last_checkpoint_resumes(full_run, tmp_path, capsys):
     """The disk fills after the first checkpoint: the training's next write fails (a log append or
     an orbax save), it exits 1 with one line; the folder, moved to a disk with space, resumes from

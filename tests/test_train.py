@@ -62,7 +62,7 @@ def test_run_folder(full_run):
     fit = json.loads((run_dir / "fitness.json").read_text())
     assert fit["params"] == "best" and fit["env_steps"] == best["env_steps"]
     assert fit["evaluation"] == "final" and fit["episodes"] == 8  # 2 fresh rounds of the 4 eval envs
-    assert fit["fitness"] == result["fitness"] == fitness(fit["returns"])
+    assert fit["fitness"] == result["fitness"]  # recomputed from restored parameters: the eval command's test
     # the selection evaluation replays the best evaluation's episodes (the same start states every time)
     assert fit["selection"]["mean_return"] == pytest.approx(best["mean_return"])
     assert np.shape(fit["returns"]) == (8, 1)  # 8 final eval envs x 1 maze
@@ -76,7 +76,10 @@ def test_eval_command_writes_report_summary_and_videos(full_run):
     run_dir, _ = full_run
     fit = json.loads((run_dir / "fitness.json").read_text())
     best = eval_cmd.main([f"run_dir={run_dir}"])
+    # the eval command restores best/ and replays the final evaluation's fresh episodes in its own
+    # program: the same returns, and ACI's fitness of them is the fitness the run recorded
     assert best["params"] == "best" and best["returns"] == fit["returns"]
+    assert best["fitness"] == pytest.approx(fit["fitness"]) and fit["fitness"] == pytest.approx(fitness(best["returns"]))
     last = eval_cmd.main([f"run_dir={run_dir}", "eval.params=last"])
     assert last["params"] == "last" and last["env_steps"] == 96
     assert json.loads((run_dir / "eval.json").read_text())["params"] == "last"
