@@ -56,7 +56,10 @@ SMOKE = {"env_sizes": [4], "pops": [2], "evo_pop": 2, "evo_generations": 2, "sec
                            "env.max_episode_steps=16", "env.render.supersample=1"],
          "evo_overrides": ["env.n_envs=4", "trainer.n_steps=8", "trainer.n_minibatches=2", "trainer.n_epochs=1",
                            "train.eval_envs=4", "train.final_eval_envs=4", "train.eval_every=1",
-                           "env.max_episode_steps=16", "env.render.supersample=1"]}
+                           "env.max_episode_steps=16", "env.render.supersample=1",
+                           # the smoke checks the part's code (evolve with a deadline, its records and
+                           # report) in test mode: real tiny evolutions are the test suite's own
+                           "trainer.mode=test"]}
 EYES = {"10x10": ["env.agents.agent.eyes.resolution=[10,10]"],
         "50x1": ["env.agents.agent.eyes.resolution=[50,1]", "env.agents.agent.eyes.fov=[100.0,45.0]",
                  "env.render.max_pixels=50"]}

@@ -16,5 +16,6 @@ if [ "$workers" = 0 ]; then
   exec .venv/bin/python -m pytest tests "$@"
 fi
 # --max-worker-restart=0: a worker that dies (an abort inside XLA) fails the run at once, naming its test;
-# replacing it under --dist loadfile can hang the whole session (pytest-xdist issue #784).
-exec .venv/bin/python -m pytest tests -n "$workers" --dist loadfile --max-worker-restart=0 "$@"
+# replacing it under --dist loadfile can hang the whole session (pytest-xdist issue #784). -rs: every
+# skipped test is listed with its reason at the end (e.g. no EGL for the MuJoCo-render comparison).
+exec .venv/bin/python -m pytest tests -n "$workers" --dist loadfile --max-worker-restart=0 -rs "$@"

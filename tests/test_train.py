@@ -101,13 +101,28 @@ def test_eval_command_errors(full_run, argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_early_stop_after_evaluations_without_improvement(tmp_path, capsys):
-    """Frozen parameters (learning rate 0) never improve: patience 1 stops after the 2nd evaluation."""
-    result = train_run(_cfg("trainer.learning_rate=0.0", "train.early_stop=1"), tmp_path)
+def test_early_stop_after_evaluations_without_improvement(monkeypatch, tmp_path, capsys):
+    """Evaluations that only get worse (a spy lowers each one's returns by 1000 more than the last;
+    the programs are full_run's, so nothing new compiles): patience 1 stops after the 2nd of 3."""
+    import dataclasses
+
+    import aci_jax.train as train_mod
+    from aci_jax.rl.built import build
+
+    b = build(_cfg())
+    calls = []
+
+    def worse(p, e, k):
+        out = dict(b.evaluate(p, e, k))
+        calls.append(1)
+        return {**out, "return": out["return"] - 1000.0 * len(calls)}
+
+    monkeypatch.setattr(train_mod, "build", lambda c: dataclasses.replace(b, evaluate=worse))
+    result = train_run(_cfg("train.early_stop=1"), tmp_path)
     assert result["iterations"] == 2 and result["fitness"] is not None
-    assert "early stop" in capsys.readouterr().out
+    assert "early stop: 1 evaluations without improvement" in capsys.readouterr().out
     assert len((tmp_path / "evaluations.jsonl").read_text().splitlines()) == 2
-    assert train_run(_cfg("trainer.learning_rate=0.0", "train.early_stop=1"), tmp_path)["iterations"] == 0
+    assert train_run(_cfg("train.early_stop=1"), tmp_path)["iterations"] == 0  # finished: stays stopped
 
 
 def test_test_mode_gives_synthetic_fitness_without_training(tmp_path):
