@@ -308,7 +308,7 @@ def _compose(overrides: Sequence[str]):
     finally:
         GlobalHydra.instance().clear()
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    validate(task)
+    validate(task, here=False)  # the job's node has the devices, not this one (its command checks them)
     return cfg
 
 

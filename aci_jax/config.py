@@ -205,9 +205,10 @@ def env_config(cfg: DictConfig, eval: bool = False) -> DictConfig:
     return OmegaConf.create(env)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, here: bool = True) -> None:
     """Check every config value; raise ConfigError on the first bad one, naming the key, the value and
-    what is valid."""
+    what is valid. `here=False` (a launcher on a login node): skip what only the machine that runs
+    the command can check (evo.devices against its devices; the command checks it when it starts)."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation pointing nowhere
@@ -231,10 +232,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("trainer") is not None:
         _validate_trainer(cfg.trainer, int(cfg.env.n_envs))
     if cfg.get("evo") is not None:
-        _validate_evo(cfg)
+        _validate_evo(cfg, here)
 
 
-def _validate_evo(cfg: DictConfig) -> None:
+def _validate_evo(cfg: DictConfig, here: bool = True) -> None:
     """The evo section: its numbers, then the genes, initial condition, constraints and strategy
     (ConfigError naming the gene, field or constraint)."""
     check(cfg.evo, "evo", EVO)
@@ -263,6 +264,8 @@ def _validate_evo(cfg: DictConfig) -> None:
         if bad:
             k, v = next(iter(bad.items()))
             raise ConfigError(f"evo.constraints.{name}.{k}={v!r} must be a positive number")
+    if not here:
+        return
     from aci_jax.evo.population import local_devices
 
     try:

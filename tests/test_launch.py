@@ -94,6 +94,16 @@ def test_cli_errors_exit_2_naming_the_valid_values(capsys):
     assert proc.returncode == 2 and "valid: [" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_devices_are_the_jobs_nodes_not_the_login_nodes(capsys, tmp_path):
+    """evo.devices=4 on a 4-GPU job is valid though this (login) node has one CPU device: the launcher
+    leaves the device count to the command on the job's node; every other value it still checks."""
+    code, out, err = launch(capsys, "--cluster", "euler", "--dry-run", "--gpus-per-node", "4", "evo", "exp=quick",
+                            "evo.devices=4", f"run_dir={tmp_path / 'r'}")
+    assert code == 0 and "evo.devices=4" in out, err
+    code, _, err = launch(capsys, "--cluster", "euler", "--dry-run", "evo", "exp=quick", "evo.devices=0")
+    assert code == 2 and "evo.devices" in err
+
+
 def test_dry_run_prints_the_batch_script_and_submits_nothing(capsys, tmp_path):
     run = tmp_path / "r"
     code, out, _ = launch(capsys, "--cluster", "supercloud", "--dry-run", "--nodes", "2", "--gpus-per-node", "2",
