@@ -132,11 +132,32 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         task = [str(o) for o in config.hydra.overrides.task]
+        _validate_members(config, task)  # a bad value in any member: exit 2 before the sweep's folder
         write_sweep_file(Path(config.hydra.sweep.dir), config.hydra.job.name, task)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         paths = summarize(Path(config.hydra.sweep.dir))
         print(f"[sweep] summary: {', '.join(str(p) for p in paths)}", flush=True)
+
+
+def _validate_members(config: DictConfig, task: Sequence[str]) -> None:
+    """Every member's config, composed as Hydra's launcher will compose it, validated before anything
+    is written: a config error names the member and exits 2, leaving no sweep folder behind."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from aci_jax.config import validate
+
+    swept = swept_keys(task)
+    loader = GlobalHydra.instance().config_loader()
+    for i, m in enumerate(grid(task)):
+        try:
+            c = loader.load_sweep_config(config, list(m))
+            validate(OmegaConf.masked_copy(c, [k for k in c if k != "hydra"]))
+        except ConfigError as e:
+            print(f"config error: sweep member {member_name(m, swept, i)}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 # -- the summary ----------------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def test_cuda_extra_pins_the_same_jax():
 
 
 def test_gpu_check_smoke_runs_every_part(tmp_path):
+    # Over 60 s (CI, fresh cache: ~3 min): it compiles the device check's env programs for two eyes and
+    # its population programs (batched and one by one); that compile is what the smoke keeps from rotting.
     """benchmarks/gpu_check.py --smoke: the device check's code at tiny sizes on this CPU (so it cannot
     rot while no GPU is at hand): every part reports figures, at most 6 files come back."""
     import json

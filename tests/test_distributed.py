@@ -61,6 +61,8 @@ def one_process(tmp_path_factory):
 
 
 def test_two_processes_write_the_records_of_one(one_process, tmp_path):
+    # Over 60 s (~3.5 min): two fresh processes each compile the tiny evolution's sharded program:
+    # the one real-training path of the multi-process evolution (the others are in test mode).
     run = tmp_path / "run"
     p0, p1 = run_processes(2, ["exp=detection", *TINY, f"run_dir={run}"])
     assert p0.returncode == 0 and p1.returncode == 0, (p0.stderr[-2000:], p1.stderr[-2000:])

@@ -196,6 +196,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_member_equals_its_solo_training_run(tiny_run, tmp_path):
+    # Over 60 s (~2.5 min + the fixture's ~3): the solo run is a different program from the
+    # population's (unbatched), compiled here; the equality is what makes a population worth having.
     """Individual 1 of a 3-individual generation: the same fitness and best parameters as
     `aci_jax.train` of its decoded eyes and seed in the population's config."""
     d, cfg, _ = tiny_run

@@ -247,6 +247,18 @@ def test_hydra_multirun_members_get_folders_named_by_swept_values_and_a_summary(
     assert ",pending," in (tmp_path / "summary.csv").read_text()
 
 
+def test_a_sweep_with_a_bad_member_exits_2_before_any_folder(tmp_path):
+    """`-m` with one bad value among the members: every member's config is validated when the sweep
+    starts, so the error names that member and nothing is written (not even the sweep folder)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "aci_jax.train", "-m", "exp=detection", "trainer.mode=test",
+                           "trainer.learning_rate=0.1,abc", f"hydra.sweep.dir={tmp_path / 's'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "config error: sweep member trainer.learning_rate=abc: trainer.learning_rate='abc'" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
 # -- Slurm: waiting for the jobs ------------------------------------------------------------------
 
 def test_requeued_evolution_ends_with_the_records_of_an_uninterrupted_one(submitted):

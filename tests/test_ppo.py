@@ -128,6 +128,8 @@ def test_observation_statistics_and_normalised_training(ppo):
 
 
 def test_learns_to_find_the_goal_and_deterministic_policy():
+    # Over 60 s (~80 s): learning needs LEARN_ITERATIONS real PPO iterations; it is the suite's one
+    # check that PPO learns at all.
     """Seeded: after LEARN_ITERATIONS the deterministic policy's evaluation success rate (64 episodes
     on the eval variant) is far above the untrained policy's."""
     cfg = aci_jax.load_config("detection", ARENA)

@@ -234,6 +234,8 @@ def test_summarize_reports_each_maze_when_there_are_several():
 
 
 def test_seeds_train_as_one_program_each_equal_to_its_solo_run(full_run, tmp_path, capsys):
+    # Over 60 s (~5 min): the seeds program (vmapped over seeds) and the eval command's seeds
+    # evaluation with its videos compile here; resume and eval are checked on the same folder to pay once.
     """train.seeds=2: seeds 0 and 1 as rows of one vmapped program; seed 0 gets the fitness of its
     solo run (full_run); killed after one segment, the same command resumes to the same records."""
     from aci_jax.seeds import train_seeds
