@@ -356,10 +356,23 @@ def test_eval_variant_respawns_a_reached_mover_and_restarts_its_path():
     assert int(s.info["episode"].first_reach) == 1
 
 
-def test_tracking_builds_with_two_walkers():
+def test_tracking_moves_two_walkers_along_free_cells():
+    """Tracking: the goal and the adversary both walk (each step at most their speed, both away from
+    where they started after 6 steps) and stay on free cells while the agent stands still."""
     env = aci_jax.make_env(aci_jax.load_config("tracking", FAST))
     assert [env.object_names[k] for k, _ in env.movers] == ["goal", "adversary"]
     assert env.tables.nxt.shape == (1, 99, 99)
+    s = jax.jit(env.reset)(jax.random.PRNGKey(3))
+    step = jax.jit(env.step)
+    traj = [np.asarray(env.object_xy(s.pipeline_state))]
+    for _ in range(6):
+        s = step(s, jnp.array([-1.0, 0.0]))
+        traj.append(np.asarray(env.object_xy(s.pipeline_state)))
+    traj = np.stack(traj)
+    steps = np.linalg.norm(np.diff(traj, axis=0), axis=-1)
+    assert (np.linalg.norm(traj[-1] - traj[0], axis=-1) > 0.1).all() and (steps <= 0.2501).all()
+    free = jax.vmap(lambda p: env.tables.is_free(s.info["episode"].maze, p))(jnp.asarray(traj.reshape(-1, 2)))
+    assert np.asarray(free).all()
 
 
 def test_light_seeking_is_dark_but_the_light_shows_even_to_a_1x1_eye():
