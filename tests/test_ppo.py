@@ -127,6 +127,17 @@ def test_observation_statistics_and_normalised_training(ppo):
     assert not np.allclose(norm.network.apply(shifted, obs, new.eyes)[0], norm.network.apply(new.params, obs, new.eyes)[0])
 
 
+# CI-sized learning setup: the small ARENA (5x5 cells), the agent starting on its south row facing
+# north, the goal alone on the north row 6 m away; 4x4 eye, 16 envs, 128-step episodes (an untrained
+# policy's half speed, 0.5 m/s, still reaches the goal in time). ACI's absolute heading (OVERRIDES): with
+# exp=detection's relative heading the untrained policy (a1 ≈ 0) would drive straight at the goal.
+ARENA = [*(o for o in OVERRIDES if not o.startswith("env.max_episode_steps")), "env.max_episode_steps=128",
+         "~maze@env.mazes.OPEN", "~env.mazes.OPEN", "+maze@env.mazes.ARENA=ARENA",
+         "env.mazes.ARENA.agent_id_map.default=[agent]", "+env.mazes.ARENA.agent_id_map.O=[goal]",
+         "env.agents.agent.init_yaw=90", "~env.agents.adversary", "~env.task.truncations.adversary",
+         "~eval_env.task.rewards.adversary", "eval_env.task.step_fns.respawn.targets=[goal]"]
+
+
 def test_learns_to_find_the_goal_and_deterministic_policy():
     # Over 60 s (~80 s): learning needs LEARN_ITERATIONS real PPO iterations; it is the suite's one
     # check that PPO learns at all.
