@@ -358,6 +358,8 @@ def tiny_population():
 
 
 def test_one_segment_program_serves_every_segment_length(tiny_population):
+    # Over 60 s (~2.3 min, fresh cache): the 2-iteration segment program with its skip branch compiles here;
+    # that one program serving every segment length is what it checks.
     """A segment of 1 iteration run by the 2-iteration program (n_iter=1: the other skipped by a
     cond) equals the 1-iteration program's, state and metrics; so a run with segment lengths
     [2, 2, 1] compiles one program, not two."""
