@@ -35,33 +35,17 @@ def cache_dir(environ=None) -> Path | None:
 
 
 def enable() -> Path | None:
-    """Turn the cache on for this process (idempotent); its folder, or None when off or unusable."""
+    """Turn the cache on for this process (idempotent); its folder, or None when off or unusable.
+    JAX's own switch follows: off, a compilation computes no cache key and takes XLA's plain path."""
     global _enabled
     if _enabled is not None:
         return _enabled
-    path = cache_dir()
+    path = _usable(cache_dir())
+    _jax_cache(path is not None)
     if path is None:
-        _jax_cache(False)
-        return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-        free = shutil.disk_usage(path).free
-    except OSError as e:
-        print(f"[aci_jax] compilation cache off: {path} cannot be written ({e.strerror}); compiling as usual "
-              f"(ACI_JAX_COMPILE_CACHE=DIR puts it elsewhere, =0 turns it off)", file=sys.stderr)
-        _jax_cache(False)
-        return None
-    if free < MIN_FREE:
-        print(f"[aci_jax] compilation cache off: {free / 2**20:.0f} MiB free on {path}'s disk; compiling as usual",
-              file=sys.stderr)
-        _jax_cache(False)
         return None
     import jax
 
-    _jax_cache(True)
     gb = float(os.environ.get("ACI_JAX_COMPILE_CACHE_GB", "8"))
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_compilation_cache_max_size", int(gb * 2**30))  # > 0: file-locked reads and writes
@@ -72,9 +56,29 @@ def enable() -> Path | None:
     return path
 
 
+def _usable(path: Path | None) -> Path | None:
+    """`path` when the cache can live there (writable, ≥ 1 GiB free); else one line and None."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        free = shutil.disk_usage(path).free
+    except OSError as e:
+        print(f"[aci_jax] compilation cache off: {path} cannot be written ({e.strerror}); compiling as usual "
+              f"(ACI_JAX_COMPILE_CACHE=DIR puts it elsewhere, =0 turns it off)", file=sys.stderr)
+        return None
+    if free < MIN_FREE:
+        print(f"[aci_jax] compilation cache off: {free / 2**20:.0f} MiB free on {path}'s disk; compiling as usual",
+              file=sys.stderr)
+        return None
+    return path
+
+
 def _jax_cache(on: bool) -> None:
-    """JAX's own switch: off, a compilation computes no cache key and takes XLA's plain path (with it
-    on and no folder, JAX still keys every program and runs its cache-writing path)."""
+    """JAX's own switch (with it on and no folder, JAX still keys every program)."""
     import jax
 
     jax.config.update("jax_enable_compilation_cache", on)

@@ -67,6 +67,15 @@ def _mappings() -> int:
         return 0
 
 
+def _release() -> None:
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """After each test module: drop JAX's compiled programs. Every XLA:CPU executable holds ~20
@@ -75,13 +84,8 @@ def _release_compiled_programs():
     the worker down (CI, 2026-12-07: always in the same late test). Programs a module's fixtures
     still hold are recompiled if another module needs them; none is shared across modules."""
     yield
-    import gc
-
-    import jax
-
     before = _mappings()
-    jax.clear_caches()
-    gc.collect()
+    _release()
     if os.environ.get("ACI_JAX_TEST_MAPPINGS"):  # how close a module came (for measuring the suite)
         with open(os.environ["ACI_JAX_TEST_MAPPINGS"], "a") as f:
             f.write(f"{os.getpid()} {before} -> {_mappings()}\n")
@@ -93,9 +97,4 @@ def _mapping_guard():
     compiled programs at once (measured 2026-12-07: one module reached 41k of 65,530)."""
     yield
     if _mappings() > 32000:
-        import gc
-
-        import jax
-
-        jax.clear_caches()
-        gc.collect()
+        _release()
