@@ -37,7 +37,7 @@ def run_processes(n: int, overrides: list[str], devices: int = 1, timeout: float
     procs = []
     for i in range(n):
         env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
                "ACI_JAX_COORDINATOR": f"localhost:{port}", "ACI_JAX_NUM_PROCESSES": str(n), "ACI_JAX_PROCESS_ID": str(i)}
         procs.append(subprocess.Popen([sys.executable, "-m", "aci_jax.evo", *overrides], env=env, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
