@@ -10,7 +10,8 @@ its share of one PPO iteration:
 - iteration: `PPO.iteration` (rollout, observation statistics, GAE and n_epochs of minibatch updates);
 - rollout: `PPO._rollout` (n_steps of policy forward + sampling + `env.step`, vmapped over envs);
 - env step: n_steps of `env.step` alone on fixed random actions, split into physics (`frame_skip`
-  `mjx.step`s), rendering (`env.render_eyes`) and the rest (task, auto-reset, kinematics, stack);
+  `mjx.step`s), rendering (`env.render_eyes`), the auto-reset's new episode (`_new_episode`, which
+  under vmap is sampled for every env at every step) and the rest (task, hooks, observation);
 - policy forward: the rollout minus its env steps;
 - update: `PPO._update` on the rollout's trajectory (GAE + epochs × minibatches), and GAE alone;
 - evaluation: one periodic evaluation (`train.eval_envs` envs, one episode per maze), per training env
@@ -36,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-PIECES = ("iteration", "rollout", "env_step", "physics", "render", "update", "gae", "evaluation", "segment")
+PIECES = ("iteration", "rollout", "env_step", "physics", "render", "new_episode", "update", "gae", "evaluation",
+          "segment")
 
 
 def parse_args(argv=None):
@@ -121,6 +123,15 @@ def pieces(tr, cfg):
 
         return jax.lax.scan(one, jnp.float32(0), None, length=c.n_steps)[0]
 
+    def new_episode(ts):  # the auto-reset's fresh episode, sampled for every env at every step
+        keys = jax.random.split(ts.rng, c.n_steps * ppo.n_envs).reshape(c.n_steps, ppo.n_envs, -1)
+
+        def one(acc, k):
+            d, ep = jax.vmap(env._new_episode, in_axes=(0, None))(k, jnp.int32(0))
+            return acc + d.qpos.mean() + d.mocap_pos.mean() + ep.wall_material.mean(), None
+
+        return jax.lax.scan(one, jnp.float32(0), keys)[0]
+
     def rollout(ts):
         return ppo._rollout(ts.params, ts.eyes, ts.env_state, ts.rng)
 
@@ -135,7 +146,7 @@ def pieces(tr, cfg):
         return tr.evaluate(ts.params, ts.eyes, selection_key(0))
 
     return {"iteration": lambda ts: ppo.iteration(ts), "rollout": rollout, "env_step": env_steps,
-            "physics": physics, "render": render, "update": update, "gae": gae_only, "evaluation": evaluation}
+            "physics": physics, "render": render, "new_episode": new_episode, "update": update, "gae": gae_only, "evaluation": evaluation}
 
 
 def measure(args) -> dict:
@@ -149,7 +160,7 @@ def measure(args) -> dict:
     ts = m.ts
     fns = pieces(tr, cfg)
     rows, traj = {}, None
-    for name in ("iteration", "rollout", "env_step", "physics", "render", "update", "gae", "evaluation"):
+    for name in PIECES[:-1]:
         if name not in args.pieces and not (name == "rollout" and {"update", "gae"} & set(args.pieces)):
             continue
         fn = fns[name]
@@ -171,7 +182,7 @@ def measure(args) -> dict:
     print(f"[breakdown] segment    compile {first - run:6.1f} s, run {run:8.3f} s ({eval_every} iterations + evaluation)")
     us = {k: v["us_per_env_step"] for k, v in rows.items()}
     us["policy_forward"] = us["rollout"] - us["env_step"]
-    us["env_rest"] = us["env_step"] - us["physics"] - us["render"]
+    us["env_rest"] = us["env_step"] - us["physics"] - us["render"] - us["new_episode"]
     us["update_without_gae"] = us["update"] - us["gae"]
     us["iteration_rest"] = us["iteration"] - us["rollout"] - us["update"]
     us["segment_rest"] = us["segment"] - us["iteration"] - us["evaluation"]
@@ -182,7 +193,8 @@ def measure(args) -> dict:
 
 
 TABLE = [("physics (frame_skip × mjx.step)", "physics"), ("rendering (ray-cast eyes)", "render"),
-         ("rest of env.step (task, reset, stack)", "env_rest"), ("policy forward + sampling in the rollout", "policy_forward"),
+         ("auto-reset's new episode (every env, every step)", "new_episode"),
+         ("rest of env.step (task, hooks, observation)", "env_rest"), ("policy forward + sampling in the rollout", "policy_forward"),
          ("GAE", "gae"), ("PPO update (epochs × minibatches)", "update_without_gae"),
          ("rest of the iteration (obs statistics, bootstrap value)", "iteration_rest"),
          ("periodic evaluation (amortised)", "evaluation"), ("rest of the segment program", "segment_rest")]
