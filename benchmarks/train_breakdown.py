@@ -10,7 +10,7 @@ its share of one PPO iteration:
 - iteration: `PPO.iteration` (rollout, observation statistics, GAE and n_epochs of minibatch updates);
 - rollout: `PPO._rollout` (n_steps of policy forward + sampling + `env.step`, vmapped over envs);
 - env step: n_steps of `env.step` alone on fixed random actions, split into physics (`frame_skip`
-  `mjx.step`s), rendering (`env.render_eyes`), the auto-reset's new episode (`_new_episode`, which
+  `mjx.step`s), rendering (the step's observation, `_observe`: the packed layout's pixels), the auto-reset's new episode (`_new_episode`, which
   under vmap is sampled for every env at every step) and the rest (task, hooks, observation);
 - policy forward: the rollout minus its env steps;
 - update: `PPO._update` on the rollout's trajectory (GAE + epochs × minibatches), and GAE alone;
@@ -105,21 +105,20 @@ def pieces(tr, cfg):
         step = lambda s, a: (jax.vmap(env.step)(s, a), None)
         return jax.lax.scan(step, ts.env_state, actions(ts.rng))[0]  # all of it: XLA drops what no output needs
 
-    def physics(ts):
+    def physics(ts):  # the same random actions as env_step: a moving agent takes more solver iterations
         sub = lambda d, _: (mjx.step(env.mx, d), None)
-        one = lambda d: jax.lax.scan(sub, d, None, length=env.frame_skip)[0]
-        return jax.lax.scan(lambda d, _: (jax.vmap(one)(d), None), ts.env_state.pipeline_state, None,
-                            length=c.n_steps)[0]
+        one = lambda d, a: jax.lax.scan(sub, env._control(d, a), None, length=env.frame_skip)[0]
+        return jax.lax.scan(lambda d, a: (jax.vmap(one)(d, a), None), ts.env_state.pipeline_state,
+                            actions(ts.rng))[0]
 
     def render(ts):
         s = ts.env_state
-        draw = lambda d, info: env.render_eyes(d, info["eyes"], info["episode"].wall_material)[0]
-        if env.optics is not None:
-            draw = lambda d, info: env.render_eyes(d, info["eyes"], info["episode"].wall_material,
-                                                   info["optics"], info["rng"])[0]
+        no_action = jnp.zeros(env.action_size)
+        # the step's own observation (`_observe`: the packed layout's render_packed, or render_eyes)
+        draw = lambda d, info: sum(jnp.sum(v) for v in env._observe(d, info, no_action, jnp.bool_(False)).values())
         def one(acc, _):  # each draw depends on the last (a 1e-12 m nudge), so XLA cannot hoist it out
             d = s.pipeline_state.replace(qpos=s.pipeline_state.qpos + 1e-12 * acc.mean())
-            return acc + jax.vmap(draw)(d, s.info).mean(), None
+            return acc + jax.vmap(draw)(d, s.info).mean(), None  # noqa: B023
 
         return jax.lax.scan(one, jnp.float32(0), None, length=c.n_steps)[0]
 
