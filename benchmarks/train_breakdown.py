@@ -118,7 +118,7 @@ def pieces(tr, cfg):
         draw = lambda d, info: sum(jnp.sum(v) for v in env._observe(d, info, no_action, jnp.bool_(False)).values())
         def one(acc, _):  # each draw depends on the last (a 1e-12 m nudge), so XLA cannot hoist it out
             d = s.pipeline_state.replace(qpos=s.pipeline_state.qpos + 1e-12 * acc.mean())
-            return acc + jax.vmap(draw)(d, s.info).mean(), None  # noqa: B023
+            return acc + jax.vmap(draw)(d, s.info).mean(), None
 
         return jax.lax.scan(one, jnp.float32(0), None, length=c.n_steps)[0]
 

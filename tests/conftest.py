@@ -2,10 +2,10 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# Compile faster, run a little slower: the suite's time is ~85% JAX compiling (tracing, lowering, XLA)
-# its tiny programs, ~15% running them. LLVM at -O1 and XLA:CPU's older loop emitters instead of its
-# MLIR fusion emitters halve XLA's compile time; training-heavy tests run ~1.3× slower, so the suite
-# gains ~30% (measured 2026-12-07: test_run_folder + PPO learning test 119 s -> 82 s). The commands
+# Compile faster, run a little slower: two thirds of the tests' time was JAX compiling (tracing,
+# lowering, XLA) their tiny programs (ACI_JAX_TEST_PROFILE below). LLVM at -O1 and XLA:CPU's loop
+# emitters instead of its MLIR fusion emitters halve XLA's compile time; training-heavy tests run
+# ~1.3× slower (measured 2026-12-07: the suite 24 -> 16 min; benchmarks/RESULTS.md, "Test suite"). The commands
 # users run keep XLA's defaults; only the tests (and the subprocesses they start) take these.
 # ACI_JAX_TEST_XLA_FLAGS replaces them ('' for XLA's defaults).
 _TEST_XLA_FLAGS = os.environ.get("ACI_JAX_TEST_XLA_FLAGS",
